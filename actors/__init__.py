@@ -1,0 +1,1 @@
+"""Thin Ray actors: each wraps one pipeline stage and owns one resource."""

@@ -1,0 +1,32 @@
+"""DopingSelector: holds the real dataset and its embeddings; serves references and doping."""
+from __future__ import annotations
+
+import ray
+
+from actors.failures import failed_unit
+from pipeline.config import DopingConfig
+from pipeline.planning import WorkUnit
+from pipeline.samples import UnitOutput
+from pipeline.selection import RealDataStage
+
+
+@ray.remote
+class DopingSelector:
+    """Wraps :class:`RealDataStage` (reads and embeds the input once, in ``__init__``)."""
+
+    def __init__(self, input_url: str, layout: str, cfg: DopingConfig, seed: int,
+                 cache_url: str):
+        self.stage = RealDataStage(input_url, layout, cfg, seed, cache_url)
+
+    def summary(self) -> dict:
+        return self.stage.summary()
+
+    def references(self, unit: WorkUnit):
+        return self.stage.references(unit)
+
+    def dope(self, unit: WorkUnit, output: UnitOutput) -> UnitOutput:
+        """Add selected real samples to a unit's output (failed outputs pass through)."""
+        try:
+            return self.stage.dope(unit, output)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
+            return failed_unit(unit.unit_id, exc)

@@ -1,0 +1,39 @@
+"""NoiseOptimizer: one per GPU (or per CPU slot); loads the prior once, then runs work units."""
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from actors.failures import failed_unit
+from pipeline.config import NoptConfig
+from pipeline.planning import WorkUnit
+from pipeline.synthesize import NoiseOptimizerStage, torch_device_for
+
+
+@ray.remote
+class NoiseOptimizer:
+    """Wraps :class:`NoiseOptimizerStage`; uses only the accelerator Ray assigned to it."""
+
+    def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
+                 threads: int):
+        torch.set_num_threads(threads)
+        self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+        self.device = torch_device_for(self.gpu_ids)
+        self.stage = NoiseOptimizerStage(model_path, cfg, seed, class_names, self.device)
+
+    def placement(self) -> dict:
+        """Where this actor runs: node, assigned GPU ids, visible devices and torch device."""
+        return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": self.gpu_ids,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "device": self.device, "model_device": str(self.stage.backend.device)}
+
+    @ray.method(num_returns=2)
+    def run(self, unit: WorkUnit, references):
+        """Run NOpt for ``unit``; returns (small status for the driver, the unit's output)."""
+        try:
+            output = self.stage.run_unit(unit, references)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
+            output = failed_unit(unit.unit_id, exc)
+        return {"unit_id": unit.unit_id, "ok": output.ok, "error": output.error}, output

@@ -1,0 +1,1 @@
+"""The driver side: CLI, the job driver, resources and the demo."""

@@ -1,0 +1,113 @@
+"""The `dsco` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pipeline.errors import DscoError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cluster.driver import run_job
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    result = run_job(cfg, address=args.address, progress=not args.quiet)
+    if result.status == "up to date":
+        print(f"run {result.run_id} is up to date: {result.run_url}")
+    else:
+        m = result.metrics
+        print(f"run {result.run_id} complete: {m.get('samples')} samples "
+              f"({m.get('synthetic')} synthetic, {m.get('real')} real) in {m.get('shards')} "
+              f"shards at {result.run_url}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cluster.demo import format_table, run_demo
+
+    started = time.time()
+    evaluation = run_demo(args.out, args.ipc, args.doping_fraction, args.data_free,
+                          args.shard_size, progress=not args.quiet)
+    if evaluation["up_to_date"]:
+        print("the run is up to date: job and evaluation skipped; saved results:")
+    print(format_table(evaluation))
+    run_url = evaluation["run_url"]
+    print(f"\nrun: {run_url}\n  index:   {run_url}/index.json\n  shards:  {run_url}/shards/"
+          f"\n  report:  {run_url}/report/ (metrics.json, report.md, grid.png)"
+          f"\n  samples: {run_url}/samples.parquet\n({time.time() - started:.0f} s)")
+    return 0
+
+
+def _cmd_prepare_digits(args: argparse.Namespace) -> int:
+    from pipeline.digits import prepare_digits
+
+    counts = prepare_digits(args.out)
+    print(f"digits written to {args.out}: train {counts['train']}, test {counts['test']}")
+    return 0
+
+
+def _cmd_train_prior(args: argparse.Namespace) -> int:
+    from pipeline.datasets import read_dataset
+    from pipeline.prior_training import PriorTrainingConfig, train_prior
+
+    data = read_dataset(args.data, args.layout)
+    cfg = PriorTrainingConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    train_prior(data, args.out, cfg, progress=not args.quiet)
+    print(f"prior saved to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="dsco", description="DsCo dataset concentration.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the concentration job described by a YAML config")
+    run.add_argument("config")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key (dotted for nested keys); repeatable")
+    run.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local)")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="digits end to end on local Ray, with evaluation")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--ipc", type=int, default=10)
+    demo.add_argument("--doping-fraction", type=float, default=0.0)
+    demo.add_argument("--data-free", action="store_true")
+    demo.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    demo.set_defaults(func=_cmd_demo)
+
+    prep = sub.add_parser("prepare-digits", help="write scikit-learn digits as WebDataset shards")
+    prep.add_argument("--out", required=True)
+    prep.set_defaults(func=_cmd_prepare_digits)
+
+    prior = sub.add_parser("train-prior", help="train the tiny class-conditional DDPM prior")
+    prior.add_argument("--data", required=True, help="dataset URL (e.g. DIR/train)")
+    prior.add_argument("--layout", default="webdataset", choices=["webdataset", "folders"])
+    prior.add_argument("--out", required=True)
+    prior.add_argument("--steps", type=int, help="training steps (default: the tuned default)")
+    prior.add_argument("--seed", type=int, default=0)
+    prior.set_defaults(func=_cmd_train_prior)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dsco` console script; returns the exit code."""
+    from cluster.driver import JobFailed
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DscoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except JobFailed as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

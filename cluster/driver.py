@@ -1,0 +1,161 @@
+"""The job driver: fingerprint, plan, hand work units to actors, retry failures, finish.
+
+Bulk data never passes through here: each unit's output goes from its NoiseOptimizer to the
+DopingSelector and the Coordinator as object refs; the driver only sees small statuses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import RayActorError, RayError
+from tqdm.auto import tqdm
+
+from actors.coordinator import Coordinator
+from actors.doping_selector import DopingSelector
+from actors.noise_optimizer import NoiseOptimizer
+from cluster.resources import connect, io_actor_options, optimizer_shape
+from pipeline.config import JobConfig
+from pipeline.datasets import list_input
+from pipeline.errors import DscoError
+from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
+from pipeline.planning import WorkUnit, make_plan
+from pipeline.prior import PRIOR_META
+from pipeline.storage import join, read_json
+
+
+class JobFailed(Exception):
+    """Some work units failed after every retry; the run stays incomplete (a rerun resumes)."""
+
+
+@dataclass
+class JobResult:
+    """What a finished (or up-to-date) job reports."""
+
+    run_id: str
+    run_url: str
+    status: str  # "complete" | "up to date"
+    metrics: dict = field(default_factory=dict)
+
+
+def prior_meta(model_path: str) -> dict:
+    """The prior's metadata, read without loading weights; a clear error when missing."""
+    path = os.path.join(model_path, PRIOR_META)
+    if not os.path.isfile(path):
+        raise DscoError(f"model.path {model_path!r} is not a DsCo prior directory (no "
+                        f"{PRIOR_META}); train one with `dsco train-prior --data DIR --out "
+                        f"{model_path}` or fix the path.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def uses_real_data(cfg: JobConfig) -> bool:
+    return not cfg.nopt.data_free or cfg.size.doping_fraction > 0 or cfg.size.fraction is not None
+
+
+def fingerprint(cfg: JobConfig) -> str:
+    """The run_id of ``cfg`` (reads the input listing and hashes the model files)."""
+    listing = list_input(cfg.input.url, cfg.input.layout) if uses_real_data(cfg) else []
+    return compute_run_id(cfg, listing, model_fingerprint(cfg.model.path, cfg.model.revision))
+
+
+def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -> JobResult:
+    """Run (or resume, or skip as up to date) the concentration job described by ``cfg``."""
+    started = time.time()
+    meta = prior_meta(cfg.model.path)
+    rid = fingerprint(cfg)
+    run_url = join(cfg.output, rid)
+    index = read_json(join(run_url, "index.json"))
+    if index and index.get("complete"):
+        return JobResult(rid, run_url, "up to date",
+                         read_json(join(run_url, "report", "metrics.json")) or {})
+    connect(address)
+    coordinator = Coordinator.options(**io_actor_options()).remote(cfg.output, rid, cfg.to_dict())
+    selector = None
+    if uses_real_data(cfg):
+        selector = DopingSelector.options(**io_actor_options()).remote(
+            cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"))
+        summary = ray.get(selector.summary.remote())
+        class_sizes, class_names = summary["class_sizes"], summary["class_names"]
+        if len(class_sizes) > meta["num_classes"]:
+            raise DscoError(f"the input has {len(class_sizes)} classes but the prior in "
+                            f"{cfg.model.path!r} knows {meta['num_classes']}; train the prior "
+                            "on this dataset.")
+    else:
+        class_names = meta["class_names"]
+        class_sizes = [0] * len(class_names)
+    plan = make_plan(cfg, class_sizes)
+    done = ray.get(coordinator.committed_units.remote())
+    todo = [u for u in plan.units if u.unit_id not in done]
+    _run_units(cfg, todo, coordinator, selector, class_names, progress)
+    metrics = ray.get(coordinator.finalize.remote(plan, class_names, started))
+    return JobResult(rid, run_url, "complete", metrics)
+
+
+def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
+               class_names: list[str], progress: bool) -> None:
+    """Give units to free actors until all are committed or failed for good."""
+    if not units:
+        return
+    shape = optimizer_shape(cfg.execution, ray.cluster_resources(), len(units))
+
+    def new_actor():
+        return NoiseOptimizer.options(**shape.options()).remote(
+            cfg.model.path, cfg.nopt, cfg.seed, class_names, shape.threads)
+
+    idle = [new_actor() for _ in range(shape.count)]
+    pending = deque(units)
+    running: dict = {}  # status ref -> (actor, unit)
+    writing: dict = {}  # commit ref -> unit
+    attempts: Counter = Counter()
+    failed: dict[int, str] = {}
+    bar = tqdm(total=len(units), desc="work units (NOpt + doping + write)", unit="unit",
+               disable=not progress)
+    while pending or running or writing:
+        while idle and pending:
+            actor, unit = idle.pop(), pending.popleft()
+            status, output = actor.run.remote(unit, _references(selector, unit, cfg))
+            if selector is not None and any(b.real for b in unit.budgets):
+                output = selector.dope.remote(unit, output)
+            running[status] = (actor, unit)
+            writing[coordinator.write_unit.remote(unit, output)] = unit
+        [ref], _ = ray.wait(list(running) + list(writing), num_returns=1)
+        if ref in running:
+            actor, unit = running.pop(ref)
+            try:
+                ray.get(ref)
+                idle.append(actor)
+            except RayActorError:
+                idle.append(new_actor())  # the unit's commit fails too and is retried there
+            continue
+        unit = writing.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayError as exc:
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if result["ok"]:
+            bar.update(1)
+            continue
+        attempts[unit.unit_id] += 1
+        if attempts[unit.unit_id] <= cfg.execution.max_retries:
+            pending.append(unit)
+        else:
+            failed[unit.unit_id] = result["error"]
+    bar.close()
+    if failed:
+        details = "; ".join(f"unit {u}: {e.splitlines()[0]}" for u, e in sorted(failed.items()))
+        raise JobFailed(f"{len(failed)} work unit(s) failed after "
+                        f"{cfg.execution.max_retries} retries: {details}. Committed units are "
+                        "kept; rerun the same command to resume.")
+
+
+def _references(selector, unit: WorkUnit, cfg: JobConfig):
+    """The real reference images for a unit (an object ref), or None in data-free mode."""
+    if selector is None or cfg.nopt.data_free:
+        return None
+    return selector.references.remote(unit)
+

@@ -1,0 +1,66 @@
+"""Joining or starting Ray, and sizing the NoiseOptimizer actors to the cluster."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+
+from pipeline.config import ExecutionConfig
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS); otherwise start a local Ray."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=True)
+
+
+# Storage settings the I/O actors need; forwarded from the driver's environment at submission
+# (never written to the run config). On clusters with instance roles these are usually unset.
+STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                    "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION",
+                    "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def io_actor_options() -> dict:
+    """Options for the Coordinator and DopingSelector: no CPU reservation (they mostly wait on
+    storage, and must not starve the optimisers), no GPU, and the driver's storage settings."""
+    env = {k: os.environ[k] for k in STORAGE_ENV_VARS if k in os.environ}
+    return {"num_cpus": 0, "num_gpus": 0, "runtime_env": {"env_vars": env}}
+
+
+@dataclass(frozen=True)
+class ActorShape:
+    """How many NoiseOptimizer actors to start and what each asks Ray for."""
+
+    count: int
+    num_cpus: float
+    num_gpus: float
+    threads: int
+
+    def options(self) -> dict:
+        """Keyword arguments for ``NoiseOptimizer.options``; SPREAD puts them on many nodes."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                "scheduling_strategy": "SPREAD", "max_restarts": 0}
+
+
+def optimizer_shape(cfg: ExecutionConfig, cluster: dict[str, float], units: int) -> ActorShape:
+    """One actor per GPU (or per ``gpus_per_actor`` share) when the cluster has GPUs, else one
+    per ``cpus_per_actor`` CPUs; never more actors than work units."""
+    gpus = cluster.get("GPU", 0.0)
+    if gpus > 0:
+        fit = int(gpus / cfg.gpus_per_actor)
+        shape = ActorShape(cfg.actors or fit, 1, cfg.gpus_per_actor, cfg.cpus_per_actor)
+    else:
+        fit = int(cluster.get("CPU", 1) // cfg.cpus_per_actor)
+        shape = ActorShape(cfg.actors or fit, cfg.cpus_per_actor, 0, cfg.cpus_per_actor)
+    return ActorShape(max(1, min(shape.count, units)), shape.num_cpus, shape.num_gpus,
+                      shape.threads)

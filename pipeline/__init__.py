@@ -1,0 +1,1 @@
+"""DsCo dataset concentration: the library (no Ray here; everything runs in-process)."""

@@ -1,0 +1,223 @@
+"""The job config: YAML -> validated dataclasses; unknown keys and bad values fail by name."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pipeline.errors import DscoError
+
+
+@dataclass
+class InputConfig:
+    """The real dataset (ignored in data-free mode unless doping asks for real samples)."""
+
+    url: str = ""
+    layout: str = "webdataset"  # webdataset | folders
+
+
+@dataclass
+class ModelConfig:
+    """The diffusion prior: a local directory saved with ``save_pretrained``."""
+
+    path: str = ""
+    revision: str = ""  # recorded in the fingerprint; bump it when the weights change in place
+
+
+@dataclass
+class SizeConfig:
+    """How big the concentrated set is: ``ipc`` images per class, or ``fraction`` of the data."""
+
+    ipc: int | None = 10
+    fraction: float | None = None
+    doping_fraction: float = 0.0  # share of each class's budget filled with selected real images
+
+
+@dataclass
+class NoptConfig:
+    """Noise optimisation (METHOD.md, NOpt)."""
+
+    data_free: bool = False
+    iterations: int = 100  # T; 0 gives plain sampling
+    ddim_steps: int = 10  # K
+    learning_rate: float = 0.05
+    prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
+    guidance: float = 1.0
+    feature_map: str = "random_conv"
+    batch_size: int = 256  # real minibatch per iteration
+    reference_multiplier: int = 8  # data-free: M = multiplier * N model samples per class
+    checkpointing: bool = True
+
+
+@dataclass
+class DopingConfig:
+    """Selecting real samples to add beside the synthetic ones."""
+
+    selector: str = "facility_location"  # facility_location | herding | kcenter | random
+    encoder: str = "random_conv"  # psi: random_conv | pixels
+    knn: int = 20
+    exact_max: int = 50000  # classes larger than this use an HNSW index
+
+
+@dataclass
+class WriteConfig:
+    """Output shards."""
+
+    shard_size: int = 1000  # samples per shard
+
+
+@dataclass
+class ExecutionConfig:
+    """How the work is spread over Ray."""
+
+    classes_per_unit: int = 5
+    max_retries: int = 2
+    actors: int = 0  # 0: one per GPU, or per CPU on a CPU-only cluster
+    cpus_per_actor: int = 1
+    gpus_per_actor: float = 1.0
+
+
+@dataclass
+class JobConfig:
+    """One concentration job."""
+
+    output: str = ""
+    seed: int = 0
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    size: SizeConfig = field(default_factory=SizeConfig)
+    nopt: NoptConfig = field(default_factory=NoptConfig)
+    doping: DopingConfig = field(default_factory=DopingConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every setting (the config holds no secrets by construction)."""
+        return dataclasses.asdict(self)
+
+
+SELECTORS = ("facility_location", "herding", "kcenter", "random")
+
+
+def load_config(path: str | None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> JobConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides (dotted keys), validate."""
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise DscoError(f"config file {path!r} does not exist; pass the path of a YAML "
+                            "config such as configs/digits.yaml.") from None
+        except yaml.YAMLError as exc:
+            raise DscoError(f"config file {path!r} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise DscoError(f"config file {path!r} must hold a mapping of settings at the top.")
+        raw.update(loaded)
+    for item in overrides or []:
+        _apply_override(raw, item)
+    cfg = _build(JobConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise DscoError(f"--set {item!r} must look like key=value (e.g. nopt.iterations=50).")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise DscoError(f"--set {item!r}: {part!r} is a value, not a section.")
+    node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise DscoError(f"config section {prefix.rstrip('.') or 'top level'!r} must be a "
+                        f"mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise DscoError(f"unknown config key '{prefix}{key}'.{hint} Known keys here: "
+                            f"{sorted(known)}.")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name + ".")
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for typ in allowed:
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if typ is not type(None) and type(value) is typ:
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise DscoError(f"config key {name!r} must be {names}, got {value!r}.")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise DscoError(message)
+
+
+def validate(cfg: JobConfig) -> None:
+    """Check values and their combinations; raise DscoError naming the first bad one."""
+    size, nopt = cfg.size, cfg.nopt
+    _require(bool(cfg.output), "config key 'output' is empty: set the output URL (a local "
+             "folder, s3://bucket/prefix or gs://bucket/prefix), e.g. --set output=runs/x.")
+    _require(bool(cfg.model.path), "config key 'model.path' is empty: point it at a prior "
+             "directory (train one with `dsco train-prior`).")
+    _require((size.ipc is None) != (size.fraction is None),
+             f"set exactly one of size.ipc and size.fraction (got ipc={size.ipc}, "
+             f"fraction={size.fraction}); use --set size.fraction=null to clear one.")
+    _require(size.ipc is None or size.ipc >= 1, f"size.ipc must be >= 1, got {size.ipc}.")
+    _require(size.fraction is None or 0 < size.fraction <= 1,
+             f"size.fraction must be in (0, 1], got {size.fraction}.")
+    _require(0 <= size.doping_fraction <= 1,
+             f"size.doping_fraction must be in [0, 1], got {size.doping_fraction}.")
+    needs_data = not nopt.data_free or size.doping_fraction > 0 or size.fraction is not None
+    _require(not needs_data or bool(cfg.input.url),
+             "config key 'input.url' is empty, but this job needs the real data (NOpt with "
+             "data, doping or a size fraction); set it, or use nopt.data_free: true with "
+             "size.ipc and size.doping_fraction: 0.")
+    _require(nopt.iterations >= 0, f"nopt.iterations must be >= 0, got {nopt.iterations}.")
+    _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")
+    _require(nopt.learning_rate > 0, f"nopt.learning_rate must be > 0, got "
+             f"{nopt.learning_rate}.")
+    _require(nopt.prior_weight >= 0, f"nopt.prior_weight must be >= 0, got "
+             f"{nopt.prior_weight}.")
+    _require(nopt.guidance >= 0, f"nopt.guidance must be >= 0, got {nopt.guidance}.")
+    _require(nopt.batch_size >= 1, f"nopt.batch_size must be >= 1, got {nopt.batch_size}.")
+    _require(nopt.reference_multiplier >= 1, "nopt.reference_multiplier must be >= 1, got "
+             f"{nopt.reference_multiplier}.")
+    _require(cfg.doping.selector in SELECTORS, f"doping.selector {cfg.doping.selector!r} is "
+             f"unknown; use one of {list(SELECTORS)}.")
+    _require(cfg.doping.knn >= 1, f"doping.knn must be >= 1, got {cfg.doping.knn}.")
+    _require(cfg.write.shard_size >= 1, f"write.shard_size must be >= 1, got "
+             f"{cfg.write.shard_size}.")
+    ex = cfg.execution
+    _require(ex.classes_per_unit >= 1, "execution.classes_per_unit must be >= 1, got "
+             f"{ex.classes_per_unit}.")
+    _require(ex.max_retries >= 0, f"execution.max_retries must be >= 0, got {ex.max_retries}.")
+    _require(ex.actors >= 0, f"execution.actors must be >= 0, got {ex.actors}.")
+    _require(ex.cpus_per_actor >= 1, f"execution.cpus_per_actor must be >= 1, got "
+             f"{ex.cpus_per_actor}.")
+    _require(0 < ex.gpus_per_actor <= 1, "execution.gpus_per_actor must be in (0, 1], got "
+             f"{ex.gpus_per_actor}.")

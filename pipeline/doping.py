@@ -1,0 +1,136 @@
+"""Doping: rank a class's real samples by the distribution they add beyond the synthetic set.
+
+``facility_location`` (METHOD.md): kNN graph over the class's real embeddings (FAISS), similarity
+s(i, j) = exp(-d^2 / sigma^2) with sigma the median kNN distance, coverage of each real point by
+the synthetic set, then lazy greedy facility location seeded with that coverage.
+Baselines beside it: ``random``, ``herding`` (greedy mean matching) and ``kcenter``
+(greedy max-min distance), both seeded with the synthetic set too.
+"""
+from __future__ import annotations
+
+import heapq
+
+import faiss
+import numpy as np
+
+from pipeline.errors import DscoError
+from pipeline.seeding import derive_seed
+
+
+def build_index(vectors: np.ndarray, exact_max: int) -> faiss.Index:
+    """Exact L2 index for small sets, HNSW above ``exact_max``; on GPU when one is present."""
+    dim = vectors.shape[1]
+    if len(vectors) <= exact_max:
+        index = faiss.IndexFlatL2(dim)
+        if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+            index = faiss.index_cpu_to_all_gpus(index)
+    else:
+        index = faiss.IndexHNSWFlat(dim, 32)
+        index.hnsw.efSearch = 128
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def knn(index_vectors: np.ndarray, queries: np.ndarray, k: int,
+        exact_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """(squared distances, ids) of the k nearest ``index_vectors`` for each query."""
+    k = min(k, len(index_vectors))
+    index = build_index(index_vectors, exact_max)
+    d2, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return np.maximum(d2, 0.0), ids
+
+
+def facility_location(real: np.ndarray, synthetic: np.ndarray, budget: int, k: int = 20,
+                      exact_max: int = 50000) -> list[int]:
+    """Greedy facility-location picks (indices into ``real``), seeded with ``synthetic``."""
+    n = len(real)
+    budget = min(budget, n)
+    if budget == 0:
+        return []
+    d2, neighbours = knn(real, real, k + 1, exact_max)  # includes each point itself
+    sigma2 = float(np.median(d2[:, 1:])) if d2.shape[1] > 1 else 1.0
+    sigma2 = sigma2 if sigma2 > 0 else 1.0
+    sim = np.exp(-d2 / sigma2)
+    cover = np.zeros(n)
+    if len(synthetic):
+        syn_d2, _ = knn(synthetic, real, 1, exact_max)
+        cover = np.exp(-syn_d2[:, 0] / sigma2)
+
+    def gain(j: int) -> float:
+        return float(np.maximum(0.0, sim[j] - cover[neighbours[j]]).sum())
+
+    heap = [(-gain(j), j) for j in range(n)]
+    heapq.heapify(heap)
+    picked: list[int] = []
+    chosen = np.zeros(n, dtype=bool)
+    while len(picked) < budget and heap:
+        neg, j = heapq.heappop(heap)
+        if chosen[j]:
+            continue
+        current = gain(j)
+        if heap and current < -heap[0][0] - 1e-12:
+            heapq.heappush(heap, (-current, j))  # stale upper bound: re-queue (lazy greedy)
+            continue
+        picked.append(j)
+        chosen[j] = True
+        cover[neighbours[j]] = np.maximum(cover[neighbours[j]], sim[j])
+    return picked
+
+
+def herding(real: np.ndarray, synthetic: np.ndarray, budget: int) -> list[int]:
+    """Greedily pick real points so the mean of synthetic + picked tracks the real mean."""
+    target = real.mean(0)
+    total = synthetic.sum(0) if len(synthetic) else np.zeros(real.shape[1])
+    count = len(synthetic)
+    available = np.ones(len(real), dtype=bool)
+    picked: list[int] = []
+    for _ in range(min(budget, len(real))):
+        means = (total[None] + real) / (count + 1)
+        err = ((means - target) ** 2).sum(1)
+        err[~available] = np.inf
+        j = int(err.argmin())
+        picked.append(j)
+        available[j] = False
+        total += real[j]
+        count += 1
+    return picked
+
+
+def kcenter(real: np.ndarray, synthetic: np.ndarray, budget: int) -> list[int]:
+    """Greedy k-center: repeatedly pick the real point farthest from everything chosen.
+
+    Seeded with the synthetic set; without one, the first pick is the point nearest the mean.
+    """
+    budget = min(budget, len(real))
+    picked: list[int] = []
+    if len(synthetic):
+        dist = ((real[:, None] - synthetic[None]) ** 2).sum(-1).min(1)
+    elif budget:
+        picked.append(int(((real - real.mean(0)) ** 2).sum(1).argmin()))
+        dist = ((real - real[picked[0]]) ** 2).sum(1)
+    while len(picked) < budget:
+        dist[picked] = -np.inf
+        j = int(np.argmax(dist))
+        picked.append(j)
+        dist = np.minimum(dist, ((real - real[j]) ** 2).sum(1))
+    return picked
+
+
+def random_pick(count: int, budget: int, seed: int, label: int) -> list[int]:
+    """A seeded random subset of ``budget`` of ``count`` positions."""
+    rng = np.random.default_rng(derive_seed(seed, "random-select", label))
+    return [int(i) for i in rng.permutation(count)[:min(budget, count)]]
+
+
+def select(selector: str, real: np.ndarray, synthetic: np.ndarray, budget: int, *, seed: int,
+           label: int, k: int = 20, exact_max: int = 50000) -> list[int]:
+    """Dispatch to a selector by name; returns positions into ``real`` in pick order."""
+    if selector == "facility_location":
+        return facility_location(real, synthetic, budget, k, exact_max)
+    if selector == "herding":
+        return herding(real, synthetic, budget)
+    if selector == "kcenter":
+        return kcenter(real, synthetic, budget)
+    if selector == "random":
+        return random_pick(len(real), budget, seed, label)
+    raise DscoError(f"doping.selector {selector!r} is unknown.")

@@ -1,0 +1,97 @@
+"""Feature maps phi for NOpt's distribution matching, and the fixed encoder psi for doping.
+
+A feature map returns a list of feature *blocks* ([N, D_b] each). NOpt matches every block with
+its own kernel bandwidth, so blocks of very different scale (raw pixels vs conv activations)
+each count, which a single concatenated vector would not give.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.errors import DscoError
+from pipeline.seeding import derive_seed
+
+FEATURE_MAPS = ("random_conv", "pixels")
+
+
+class RandomConvNet(nn.Module):
+    """A small ConvNet with random (Kaiming) weights; blocks = pixels + each stage's activations.
+
+    Each stage is conv 3x3 -> instance norm -> ReLU -> 2x2 average pool; its output is pooled to
+    at most 4x4 so the block stays small at any resolution.
+    """
+
+    def __init__(self, in_channels: int, width: int = 32, depth: int = 2, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.convs = nn.ModuleList()
+        channels = in_channels
+        for _ in range(depth):
+            conv = nn.Conv2d(channels, width, 3, padding=1)
+            with torch.no_grad():
+                fan_in = channels * 9
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen)
+                                  * (2.0 / fan_in) ** 0.5)
+                conv.bias.zero_()
+            self.convs.append(conv)
+            channels = width
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        blocks = [x.flatten(1)]
+        h = x
+        for conv in self.convs:
+            h = F.relu(F.instance_norm(conv(h)))
+            if min(h.shape[-2:]) >= 2:
+                h = F.avg_pool2d(h, 2)
+            side = min(4, h.shape[-1])
+            blocks.append(F.adaptive_avg_pool2d(h, side).flatten(1))
+        return blocks
+
+
+class FeatureMap:
+    """phi by name: ``random_conv`` (a fresh random ConvNet per draw) or ``pixels``."""
+
+    def __init__(self, name: str, in_channels: int):
+        if name not in FEATURE_MAPS:
+            raise DscoError(f"nopt.feature_map {name!r} is unknown; use one of "
+                            f"{list(FEATURE_MAPS)}.")
+        self.name = name
+        self.in_channels = in_channels
+
+    def draw(self, *seed_parts: object):
+        """Return a callable images -> blocks; ``random_conv`` re-draws weights per seed."""
+        if self.name == "pixels":
+            return lambda x: [x.flatten(1)]
+        return RandomConvNet(self.in_channels, seed=derive_seed("phi", *seed_parts))
+
+
+class FixedEncoder:
+    """psi for doping: one fixed-seed random ConvNet whose blocks are scaled to unit RMS norm
+    on the real data (``fit``), then concatenated, so every block weighs the same in L2."""
+
+    def __init__(self, name: str, in_channels: int, seed: int):
+        if name not in FEATURE_MAPS:
+            raise DscoError(f"doping.encoder {name!r} is unknown; use one of "
+                            f"{list(FEATURE_MAPS)}.")
+        self.feature = FeatureMap(name, in_channels).draw("encoder", seed)
+        self.scales: list[float] | None = None
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> "FixedEncoder":
+        """Set each block's scale from ``images`` (the real data), so psi is fixed afterwards."""
+        blocks = self.feature(images)
+        self.scales = [float(b.pow(2).sum(1).mean().sqrt().clamp_min(1e-8)) for b in blocks]
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+        if self.scales is None:
+            raise RuntimeError("FixedEncoder.fit must run before encoding")
+        parts = []
+        for start in range(0, len(images), batch):
+            blocks = self.feature(images[start:start + batch])
+            parts.append(torch.cat([b / s for b, s in zip(blocks, self.scales)], 1))
+        return torch.cat(parts).float()

@@ -1,0 +1,39 @@
+"""The run_id: a hash of what determines a run's output (config without the output URL, the
+input listing with sizes and versions, the model files and revision)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from pipeline.config import JobConfig
+from pipeline.datasets import InputFile
+
+HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
+
+
+def model_fingerprint(model_dir: str, revision: str) -> list:
+    """(name, size, sha256-or-mtime) for every file of the model directory, plus the revision."""
+    rows: list = [["revision", revision]]
+    for root, _, files in sorted(os.walk(model_dir)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            if size <= HASH_CONTENT_LIMIT:
+                with open(path, "rb") as f:
+                    version = hashlib.sha256(f.read()).hexdigest()
+            else:
+                version = str(os.path.getmtime(path))
+            rows.append([os.path.relpath(path, model_dir), size, version])
+    return rows
+
+
+def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
+    """Return a 16-hex-digit id; equal inputs give equal ids, whatever the output URL."""
+    settings = cfg.to_dict()
+    settings.pop("output")
+    # how work is spread over actors does not change what is written; the grouping does
+    settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
+    payload = json.dumps({"config": settings, "input": [f.__dict__ for f in listing],
+                          "model": model_rows}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,54 @@
+"""index.json: the commit point of a run, written only by the coordinator and replaced whole.
+
+Each commit bumps ``generation`` and also writes an immutable copy ``indexes/<generation>.json``
+so a reader can pin one generation. ``complete`` turns true once, at the end of the run.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pipeline.storage import join, read_json, write_json
+
+FORMAT = "dsco-index/1"
+
+
+class RunIndex:
+    """In-memory state of a run's index, committed to storage on every change."""
+
+    def __init__(self, run_url: str, run_id: str):
+        self.run_url = run_url
+        found = read_json(join(run_url, "index.json"))
+        self.data: dict[str, Any] = found or {
+            "format": FORMAT, "run_id": run_id, "generation": 0, "complete": False,
+            "shards": [], "units": {}}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.data["complete"])
+
+    def committed_units(self) -> set[int]:
+        """Units whose shards are all committed (their work is never redone)."""
+        return {int(u) for u in self.data["units"]}
+
+    def commit_unit(self, unit_id: int, shards: list[dict], metrics: dict) -> int:
+        """Add a unit's shards and metrics in one new generation; returns the generation."""
+        names = {s["name"] for s in shards}
+        kept = [s for s in self.data["shards"] if s["name"] not in names]
+        self.data["shards"] = sorted(kept + shards, key=lambda s: s["name"])
+        self.data["units"][str(unit_id)] = {"shards": sorted(names), "metrics": metrics}
+        return self._commit()
+
+    def mark_complete(self, extra: dict) -> int:
+        """Set ``complete`` (plus totals) in a final generation."""
+        self.data.update(extra)
+        self.data["complete"] = True
+        return self._commit()
+
+    def _commit(self) -> int:
+        self.data["generation"] += 1
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        generation = self.data["generation"]
+        write_json(join(self.run_url, "indexes", f"{generation:06d}.json"), self.data)
+        write_json(join(self.run_url, "index.json"), self.data)
+        return generation

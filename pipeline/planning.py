@@ -1,0 +1,81 @@
+"""Planning: per-class budgets (synthetic core + doped real remainder) and work units."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import JobConfig
+from pipeline.errors import DscoError
+
+
+@dataclass(frozen=True)
+class ClassBudget:
+    """How many synthetic and real images class ``label`` gets."""
+
+    label: int
+    synthetic: int
+    real: int
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A few classes optimised together by one actor; its shards have fixed numbers."""
+
+    unit_id: int
+    budgets: tuple[ClassBudget, ...]
+    first_shard: int
+    num_shards: int
+
+    @property
+    def labels(self) -> list[int]:
+        return [b.label for b in self.budgets]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(b.synthetic + b.real for b in self.budgets)
+
+
+@dataclass
+class Plan:
+    """Every work unit of a run, in order."""
+
+    units: list[WorkUnit] = field(default_factory=list)
+
+    @property
+    def num_shards(self) -> int:
+        return sum(u.num_shards for u in self.units)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(u.num_samples for u in self.units)
+
+
+def class_budgets(cfg: JobConfig, class_sizes: list[int]) -> list[ClassBudget]:
+    """Split each class's budget into a synthetic core and a real remainder.
+
+    ``class_sizes`` are the real sample counts per class (all zero in pure data-free mode).
+    The real part never exceeds what the class has.
+    """
+    budgets = []
+    for label, available in enumerate(class_sizes):
+        total = cfg.size.ipc if cfg.size.ipc is not None else \
+            max(1, round(cfg.size.fraction * available))
+        real = min(round(cfg.size.doping_fraction * total), available)
+        budgets.append(ClassBudget(label, total - real, real))
+    return budgets
+
+
+def make_plan(cfg: JobConfig, class_sizes: list[int]) -> Plan:
+    """Group classes into work units and give each unit its range of shard numbers."""
+    if not class_sizes:
+        raise DscoError("the dataset has no classes; check input.url.")
+    budgets = class_budgets(cfg, class_sizes)
+    per_unit = cfg.execution.classes_per_unit
+    plan = Plan()
+    next_shard = 0
+    for unit_id, start in enumerate(range(0, len(budgets), per_unit)):
+        group = tuple(budgets[start:start + per_unit])
+        samples = sum(b.synthetic + b.real for b in group)
+        shards = max(1, -(-samples // cfg.write.shard_size))
+        plan.units.append(WorkUnit(unit_id, group, next_shard, shards))
+        next_shard += shards
+    return plan

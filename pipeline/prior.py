@@ -1,0 +1,121 @@
+"""The diffusion prior: one small backend interface, the pixel-space UNet backend, load and save.
+
+NOpt only talks to :class:`DiffusionBackend`, so a latent model (DiT + VAE) plugs in by
+implementing the same methods; the sampling loop lives in :mod:`pipeline.ddim`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+from pipeline.errors import DscoError
+
+PRIOR_META = "dsco_prior.json"
+
+
+@dataclass(frozen=True)
+class PriorMeta:
+    """What the pipeline needs to know about a saved prior beyond the diffusers weights."""
+
+    kind: str  # "pixel_unet"
+    num_classes: int
+    null_class: int | None  # class id used for the unconditional branch (guidance)
+    image_size: int
+    channels: int
+    class_names: list[str]
+
+
+class DiffusionBackend:
+    """A class-conditional diffusion model as NOpt sees it.
+
+    ``latent_shape`` is the shape of one noise tensor z; ``predict_noise`` is the model's
+    epsilon prediction (classifier-free guidance applied when ``guidance != 1``);
+    ``decode`` maps the sampler's final latents to images in [-1, 1] and ``encode`` back.
+    """
+
+    meta: PriorMeta
+    scheduler: DDIMScheduler
+    device: torch.device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def predict_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                      guidance: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PixelUNetBackend(DiffusionBackend):
+    """A diffusers ``UNet2DModel`` with class embeddings, sampling directly in pixel space."""
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, meta: PriorMeta,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.meta = meta
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.meta.channels, self.meta.image_size, self.meta.image_size)
+
+    def predict_noise(self, x, t, labels, guidance):
+        if guidance == 1.0:
+            return self.unet(x, t, class_labels=labels).sample
+        if self.meta.null_class is None:
+            raise DscoError(
+                f"guidance={guidance} needs a model with a null class, but this prior has none; "
+                "set nopt.guidance: 1.0 or train the prior with label dropout.")
+        null = torch.full_like(labels, self.meta.null_class)
+        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+        cond, uncond = both.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    def decode(self, latents):
+        return latents
+
+    def encode(self, images):
+        return images
+
+
+def save_prior(unet: UNet2DModel, scheduler_config: dict, meta: PriorMeta, out_dir: str) -> None:
+    """Write a prior directory: ``unet/`` (safetensors), ``scheduler/`` and ``dsco_prior.json``."""
+    os.makedirs(out_dir, exist_ok=True)
+    unet.save_pretrained(os.path.join(out_dir, "unet"), safe_serialization=True)
+    DDIMScheduler.from_config(scheduler_config).save_pretrained(os.path.join(out_dir, "scheduler"))
+    with open(os.path.join(out_dir, PRIOR_META), "w") as f:
+        json.dump(meta.__dict__, f, indent=2)
+
+
+def load_prior(model_dir: str, device: torch.device | str = "cpu") -> DiffusionBackend:
+    """Load a prior saved by :func:`save_prior` (diffusers ``from_pretrained``, local files only)."""
+    meta_path = os.path.join(model_dir, PRIOR_META)
+    if not os.path.isfile(meta_path):
+        raise DscoError(
+            f"model directory {model_dir!r} has no {PRIOR_META}: it is not a DsCo prior. "
+            "Train one with `dsco train-prior --data DIR --out DIR` and point `model.path` at it.")
+    with open(meta_path) as f:
+        meta = PriorMeta(**json.load(f))
+    if meta.kind != "pixel_unet":
+        raise DscoError(f"prior kind {meta.kind!r} in {meta_path} is not supported; "
+                        "supported kinds: 'pixel_unet'.")
+    try:
+        unet = UNet2DModel.from_pretrained(os.path.join(model_dir, "unet"), local_files_only=True,
+                                           low_cpu_mem_usage=False)
+        scheduler = DDIMScheduler.from_pretrained(os.path.join(model_dir, "scheduler"),
+                                                  local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DscoError(f"could not load the diffusers model in {model_dir!r}: {exc}. "
+                        "Retrain it with `dsco train-prior`.") from exc
+    return PixelUNetBackend(unet, scheduler, meta, device)

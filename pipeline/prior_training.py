@@ -1,0 +1,79 @@
+"""Training the tiny class-conditional pixel UNet prior (DDPM) on a labelled dataset, on CPU."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from tqdm.auto import tqdm
+
+from pipeline.datasets import LabelledImages
+from pipeline.images import to_model_space
+from pipeline.prior import PriorMeta, save_prior
+from pipeline.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class PriorTrainingConfig:
+    """Hyper-parameters of prior training; the defaults fit digits in a few CPU minutes."""
+
+    steps: int = 2500
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    label_dropout: float = 0.1  # trains the null class used by classifier-free guidance
+    ema_decay: float = 0.999
+    channels: tuple[int, ...] = (32, 64)
+    train_timesteps: int = 1000
+    seed: int = 0
+
+
+def build_unet(image_size: int, channels: int, num_classes: int,
+               widths: tuple[int, ...]) -> UNet2DModel:
+    """A small UNet2DModel with class embeddings for ``num_classes`` + 1 (the null class)."""
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels,
+        block_out_channels=widths, layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D",) * (len(widths) - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (len(widths) - 1),
+        attention_head_dim=8, num_class_embeds=num_classes + 1)
+
+
+def train_prior(data: LabelledImages, out_dir: str, cfg: PriorTrainingConfig,
+                progress: bool = True) -> str:
+    """Train a DDPM prior on ``data`` and save it to ``out_dir``; returns ``out_dir``."""
+    torch.manual_seed(derive_seed(cfg.seed, "prior"))
+    images = to_model_space(data.images)
+    labels = torch.from_numpy(data.labels)
+    num_classes = len(data.class_names)
+    _, channels, size, _ = images.shape
+    unet = build_unet(size, channels, num_classes, cfg.channels)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.train_timesteps,
+                              beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.learning_rate, cfg.steps,
+                                                      pct_start=0.05)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "prior-batches"))
+    bar = tqdm(range(cfg.steps), desc="train prior", disable=not progress, mininterval=2)
+    for _ in bar:
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
+        x0, y = images[idx], labels[idx].clone()
+        y[torch.rand(len(y), generator=gen) < cfg.label_dropout] = num_classes
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(cfg.train_timesteps, (len(x0),), generator=gen)
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample,
+                          noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_schedule.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), unet.parameters()):
+                p_ema.lerp_(p, 1 - cfg.ema_decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    meta = PriorMeta(kind="pixel_unet", num_classes=num_classes, null_class=num_classes,
+                     image_size=size, channels=channels, class_names=data.class_names)
+    save_prior(ema, dict(scheduler.config), meta, out_dir)
+    return out_dir

@@ -1,0 +1,48 @@
+"""Reading a run's output the way a training job does: through index.json, verifying hashes."""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from typing import Iterator
+
+from pipeline.errors import DscoError
+from pipeline.storage import join, read_bytes, read_json
+
+
+def read_index(run_url: str) -> dict:
+    """The current index of a run; fails clearly when the run does not exist."""
+    index = read_json(join(run_url, "index.json"))
+    if index is None:
+        raise DscoError(f"no index.json under {run_url!r}: not a DsCo run (or not started).")
+    return index
+
+
+def verified_shard(run_url: str, entry: dict) -> bytes:
+    """The bytes of a committed shard, checked against the size and sha256 in the index."""
+    data = read_bytes(join(run_url, entry["name"]))
+    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise DscoError(f"shard {entry['name']} under {run_url!r} does not match its index "
+                        "entry (size or sha256): the output was modified or is corrupt.")
+    return data
+
+
+def iter_samples(run_url: str) -> Iterator[dict[str, bytes]]:
+    """Yield each sample as {"__key__": key, "<ext>": bytes, ...} from every committed shard."""
+    for entry in read_index(run_url)["shards"]:
+        yield from samples_in_tar(verified_shard(run_url, entry))
+
+
+def samples_in_tar(data: bytes) -> Iterator[dict]:
+    """Group tar members by key, in tar order (WebDataset convention: key = name up to '.')."""
+    current: dict = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            current[ext] = tar.extractfile(member).read()
+    if current:
+        yield current

@@ -1,0 +1,95 @@
+"""Object storage through fsspec: filesystems for any URL, retries, small JSON helpers.
+
+S3-compatible endpoints come from the standard ``AWS_ENDPOINT_URL`` environment variable, and
+credentials from the usual AWS chain, so no secret ever lands in a config file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, TypeVar
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.errors import DscoError
+
+T = TypeVar("T")
+RETRIES = 4
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return (filesystem, path without protocol) for ``url``."""
+    protocol = fsspec.utils.get_protocol(url)
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    except (ImportError, ValueError) as exc:
+        raise DscoError(f"cannot open storage URL {url!r}: {exc}. Use a local path, "
+                        "s3://bucket/prefix or gs://bucket/prefix.") from exc
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL path parts with '/' (works for local paths and object store URLs)."""
+    return "/".join([url.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+def with_retries(what: str, fn: Callable[[], T]) -> T:
+    """Call a storage operation, retrying transient errors with exponential backoff."""
+    for attempt in range(RETRIES):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError, DscoError):
+            raise
+        except OSError as exc:
+            if attempt == RETRIES - 1:
+                raise DscoError(f"storage operation failed after {RETRIES} tries: {what}: {exc}. "
+                                "Check that the bucket exists, the endpoint "
+                                "(AWS_ENDPOINT_URL) is reachable and the credentials "
+                                "allow writing.") from exc
+            time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` (whole object), creating parent folders on local disks."""
+    fs, path = filesystem(url)
+
+    def put() -> None:
+        if isinstance(fs, LocalFileSystem):
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+    with_retries(f"write {url}", put)
+
+
+def read_bytes(url: str) -> bytes:
+    """Read a whole object; raises FileNotFoundError when it does not exist."""
+    fs, path = filesystem(url)
+    return with_retries(f"read {url}", lambda: fs.cat_file(path))
+
+
+def write_json(url: str, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON."""
+    write_bytes(url, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def read_json(url: str) -> Any | None:
+    """Read JSON from ``url``, or None when the object does not exist."""
+    try:
+        return json.loads(read_bytes(url))
+    except FileNotFoundError:
+        return None
+
+
+def exists(url: str) -> bool:
+    """True when an object or folder exists at ``url``."""
+    fs, path = filesystem(url)
+    return with_retries(f"stat {url}", lambda: fs.exists(path))

@@ -1,0 +1,67 @@
+"""The synthesize stage: NOpt for every class of a work unit, producing synthetic samples."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.config import NoptConfig
+from pipeline.images import encode_png, to_model_space, to_uint8
+from pipeline.nopt import data_free_reference, optimize_classes
+from pipeline.planning import WorkUnit
+from pipeline.prior import load_prior
+from pipeline.samples import Sample, UnitOutput, synthetic_key
+
+
+class NoiseOptimizerStage:
+    """Holds one loaded prior and runs NOpt for the classes of the work units it is given."""
+
+    def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
+                 device: str = "cpu", progress: bool = False):
+        self.backend = load_prior(model_path, device)
+        self.cfg = cfg
+        self.seed = seed
+        self.class_names = class_names
+        self.progress = progress
+
+    def run_unit(self, unit: WorkUnit,
+                 references: dict[int, np.ndarray] | None) -> UnitOutput:
+        """Optimise each class of ``unit``; ``references`` maps label -> real uint8 images
+        (None in data-free mode, where the model's own samples are the reference)."""
+        out = UnitOutput(unit.unit_id)
+        counts = {b.label: b.synthetic for b in unit.budgets if b.synthetic > 0}
+        refs = {c: self._reference(c, n, references) for c, n in counts.items()}
+        results = {r.label: r for r in optimize_classes(self.backend, counts, refs, self.cfg,
+                                                        self.seed, progress=self.progress)}
+        for budget in unit.budgets:
+            result = results.get(budget.label)
+            if result is None:
+                out.metrics[str(budget.label)] = {"final_mmd": None, "loss_history": []}
+                continue
+            for i, image in enumerate(to_uint8(result.images)):
+                out.samples.append(Sample(synthetic_key(budget.label, i), budget.label,
+                                          self.class_names[budget.label], "synthetic",
+                                          encode_png(image)))
+            out.metrics[str(budget.label)] = {
+                "final_mmd": result.final_loss,
+                "loss_history": [round(v, 6) for v in result.loss_history]}
+        return out
+
+    def _reference(self, label: int, count: int,
+                   references: dict[int, np.ndarray] | None) -> torch.Tensor:
+        """R_c: the real class images, or (data-free) M = multiplier * N model samples."""
+        if references is None:
+            return data_free_reference(self.backend, label,
+                                       self.cfg.reference_multiplier * count, self.cfg,
+                                       self.seed)
+        return to_model_space(references[label])
+
+
+def torch_device_for(gpu_ids: list[int] | list[str]) -> str:
+    """The torch device for the accelerator ids Ray assigned (``cpu`` when there are none).
+
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned ids, so inside the actor the first visible
+    device is always ``cuda:0``.
+    """
+    if gpu_ids and torch.cuda.is_available():
+        return "cuda:0"
+    return "cpu"

@@ -1,0 +1,95 @@
+"""The run writer: shards per work unit, index commits, and the finishing files of a run."""
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.index import RunIndex
+from pipeline.planning import Plan, WorkUnit
+from pipeline.reader import samples_in_tar, verified_shard
+from pipeline.report import GRID_COLUMNS, write_report
+from pipeline.samples import UnitOutput
+from pipeline.shards import write_shard
+from pipeline.storage import join, read_json, write_bytes, write_json
+
+
+class RunWriter:
+    """Owns ``<output>/<run_id>/``; the only code that writes its index."""
+
+    def __init__(self, output_url: str, run_id: str, config: dict):
+        self.output_url = output_url
+        self.run_id = run_id
+        self.run_url = join(output_url, run_id)
+        self.index = RunIndex(self.run_url, run_id)
+        if not self.index.complete:
+            write_json(join(self.run_url, "run_config.json"), {"run_id": run_id, **config})
+
+    def committed_units(self) -> set[int]:
+        """Work units already in the index (skipped when a run resumes)."""
+        return self.index.committed_units()
+
+    def write_unit(self, unit: WorkUnit, output: UnitOutput) -> dict:
+        """Write a unit's samples into its fixed shard numbers and commit them in one step."""
+        samples = output.samples
+        if len(samples) != unit.num_samples:
+            raise ValueError(f"unit {unit.unit_id} produced {len(samples)} samples, "
+                             f"planned {unit.num_samples}")
+        per_shard = -(-len(samples) // unit.num_shards) if samples else 0
+        entries = [write_shard(self.run_url, unit.first_shard + i, unit.unit_id,
+                               samples[i * per_shard:(i + 1) * per_shard])
+                   for i in range(unit.num_shards)]
+        generation = self.index.commit_unit(unit.unit_id, entries, output.metrics)
+        return {"unit_id": unit.unit_id, "shards": len(entries), "generation": generation}
+
+    def finalize(self, plan: Plan, class_names: list[str], started: float) -> dict:
+        """Write samples.parquet and the report, mark the index complete, move latest.json."""
+        rows = []
+        for entry in self.index.data["shards"]:
+            sidecar = read_json(join(self.run_url, entry["name"][:-4] + ".json"))
+            rows.extend(sidecar["samples"])
+        table = pa.Table.from_pylist(rows, schema=pa.schema([
+            ("key", pa.string()), ("label", pa.int64()), ("source", pa.string()),
+            ("shard", pa.string()), ("origin", pa.string())]))
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        write_bytes(join(self.run_url, "samples.parquet"), buf.getvalue())
+        metrics = self._metrics(rows, class_names, time.time() - started)
+        write_report(self.run_url, metrics, self._grid_rows(len(class_names)))
+        totals = {"samples": len(rows), "num_shards": len(self.index.data["shards"])}
+        self.index.mark_complete(totals)
+        write_json(join(self.output_url, "latest.json"),
+                   {"run_id": self.run_id, "index": join(self.run_url, "index.json"),
+                    "generation": self.index.data["generation"]})
+        return metrics
+
+    def _metrics(self, rows: list[dict], class_names: list[str], seconds: float) -> dict:
+        classes: dict[str, dict] = {}
+        for unit in self.index.data["units"].values():
+            classes.update(unit["metrics"])
+        counts = Counter((r["label"], r["source"]) for r in rows)
+        for label, name in enumerate(class_names):
+            entry = classes.setdefault(str(label), {})
+            entry.update(class_name=name, synthetic=counts[label, "synthetic"],
+                         real=counts[label, "real"])
+        return {"run_id": self.run_id, "samples": len(rows),
+                "synthetic": sum(n for (_, src), n in counts.items() if src == "synthetic"),
+                "real": sum(n for (_, src), n in counts.items() if src == "real"),
+                "shards": len(self.index.data["shards"]), "seconds": round(seconds, 2),
+                "classes": classes}
+
+    def _grid_rows(self, num_classes: int) -> list[list[bytes]]:
+        """Up to GRID_COLUMNS images per class, read back from the committed shards."""
+        rows: list[list[bytes]] = [[] for _ in range(num_classes)]
+        for entry in self.index.data["shards"]:
+            if all(len(r) >= GRID_COLUMNS for r in rows):
+                break
+            for sample in samples_in_tar(verified_shard(self.run_url, entry)):
+                label = int(sample["cls"])
+                image = next(v for k, v in sample.items() if k in ("png", "jpg", "jpeg", "webp"))
+                if len(rows[label]) < GRID_COLUMNS:
+                    rows[label].append(image)
+        return rows
