@@ -78,7 +78,8 @@ class PixelUNetBackend(DiffusionBackend):
                 f"guidance={guidance} needs a model with a null class, but this prior has none; "
                 "set nopt.guidance: 1.0 or train the prior with label dropout.")
         null = torch.full_like(labels, self.meta.null_class)
-        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+        t2 = torch.cat([t, t]) if t.ndim else t
+        both = self.unet(torch.cat([x, x]), t2, class_labels=torch.cat([labels, null])).sample
         cond, uncond = both.chunk(2)
         return uncond + guidance * (cond - uncond)
 

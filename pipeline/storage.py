@@ -17,6 +17,11 @@ from pipeline.errors import DscoError
 
 T = TypeVar("T")
 RETRIES = 4
+try:  # S3 connection errors are botocore exceptions, not OSError
+    from botocore.exceptions import BotoCoreError
+    RETRYABLE: tuple[type[BaseException], ...] = (OSError, BotoCoreError)
+except ImportError:  # pragma: no cover - s3fs is a dependency, but keep local use working
+    RETRYABLE = (OSError,)
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -47,7 +52,7 @@ def with_retries(what: str, fn: Callable[[], T]) -> T:
             return fn()
         except (FileNotFoundError, PermissionError, DscoError):
             raise
-        except OSError as exc:
+        except RETRYABLE as exc:
             if attempt == RETRIES - 1:
                 raise DscoError(f"storage operation failed after {RETRIES} tries: {what}: {exc}. "
                                 "Check that the bucket exists, the endpoint "
@@ -67,7 +72,11 @@ def write_bytes(url: str, data: bytes) -> None:
         with fs.open(path, "wb") as f:
             f.write(data)
 
-    with_retries(f"write {url}", put)
+    try:
+        with_retries(f"write {url}", put)
+    except FileNotFoundError as exc:
+        raise DscoError(f"cannot write {url!r}: the bucket or folder does not exist ({exc}). "
+                        "Create the bucket, or fix the output URL.") from exc
 
 
 def read_bytes(url: str) -> bytes:

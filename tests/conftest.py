@@ -11,7 +11,8 @@ import torch
 
 from pipeline.digits import prepare_digits
 from pipeline.prior import PriorMeta, save_prior
-from pipeline.prior_training import build_unet
+from pipeline.datasets import read_dataset
+from pipeline.prior_training import PriorTrainingConfig, build_unet, train_prior
 
 REPO = Path(__file__).resolve().parents[1]
 S3_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -34,6 +35,16 @@ def make_tiny_prior(path: Path, num_classes: int = 10, size: int = 8, channels: 
 @pytest.fixture(scope="session")
 def tiny_prior(tmp_path_factory) -> Path:
     return make_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_prior(tmp_path_factory, digits_dir) -> Path:
+    """The tiny prior trained for a few seconds on digits: enough structure for NOpt to act on."""
+    out = tmp_path_factory.mktemp("prior") / "trained"
+    data = read_dataset(str(digits_dir / "train"), "webdataset")
+    train_prior(data, str(out), PriorTrainingConfig(steps=150, batch_size=64, channels=(8, 16)),
+                progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

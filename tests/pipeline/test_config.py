@@ -1,0 +1,65 @@
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import DscoError
+from tests.conftest import REPO
+
+BASE = ["output=out", "model.path=m", "input.url=data"]
+
+
+def test_shipped_digits_config_loads():
+    cfg = load_config(str(REPO / "configs" / "digits.yaml"))
+    assert cfg.size.ipc == 10 and cfg.nopt.feature_map == "random_conv"
+    assert cfg.input.layout == "webdataset"
+
+
+def test_set_overrides_nested_keys_with_typed_values():
+    cfg = load_config(None, BASE + ["nopt.iterations=7", "nopt.learning_rate=1",
+                                    "size.doping_fraction=0.25", "nopt.data_free=true"])
+    assert cfg.nopt.iterations == 7
+    assert cfg.nopt.learning_rate == 1.0 and isinstance(cfg.nopt.learning_rate, float)
+    assert cfg.size.doping_fraction == 0.25 and cfg.nopt.data_free is True
+
+
+def test_set_output_redirects_the_run():
+    assert load_config(None, BASE + ["output=s3://bucket/prefix"]).output == \
+        "s3://bucket/prefix"
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("nopt.iteration=5", "unknown config key 'nopt.iteration'. Did you mean 'nopt.iterations'"),
+    ("colour=red", "unknown config key 'colour'"),
+    ("nopt.iterations=many", "'nopt.iterations' must be int"),
+    ("nopt.iterations=-1", "nopt.iterations must be >= 0"),
+    ("doping.selector=best", "doping.selector 'best' is unknown"),
+    ("size.fraction=0.5", "set exactly one of size.ipc and size.fraction"),
+    ("nopt=3", "config section 'nopt' must be a mapping"),
+    ("noequals", "must look like key=value"),
+])
+def test_bad_values_are_named(override, fragment):
+    with pytest.raises(DscoError, match=None) as info:
+        load_config(None, BASE + [override])
+    assert fragment in str(info.value)
+
+
+def test_missing_output_and_model_are_explained():
+    with pytest.raises(DscoError, match="'output' is empty"):
+        load_config(None, ["model.path=m", "input.url=d"])
+    with pytest.raises(DscoError, match="'model.path' is empty"):
+        load_config(None, ["output=o", "input.url=d"])
+
+
+def test_data_free_needs_no_input_but_doping_does():
+    load_config(None, ["output=o", "model.path=m", "nopt.data_free=true"])
+    with pytest.raises(DscoError, match="input.url"):
+        load_config(None, ["output=o", "model.path=m", "nopt.data_free=true",
+                           "size.doping_fraction=0.5"])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(DscoError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(DscoError, match="not valid YAML"):
+        load_config(str(bad))

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from pipeline.doping import facility_location, herding, kcenter, random_pick, select
+from pipeline.errors import DscoError
+
+
+def clusters(sizes=(30, 30, 30), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Points in well separated clusters; returns (points, cluster id per point)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])[:len(sizes)]
+    points = np.concatenate([c + rng.normal(0, 0.5, (n, 2)) for c, n in zip(centres, sizes)])
+    ids = np.repeat(np.arange(len(sizes)), sizes)
+    return points.astype(np.float32), ids
+
+
+@pytest.mark.parametrize("exact_max", [50000, 10])  # exact index, and HNSW above the threshold
+def test_facility_location_fills_what_the_synthetic_set_misses(exact_max):
+    real, ids = clusters()
+    synthetic = real[ids == 0][:3] + 0.01  # the synthetic set already covers cluster 0
+    picks = facility_location(real, synthetic, 2, k=10, exact_max=exact_max)
+    assert sorted(ids[picks]) == [1, 2]
+    unseeded = facility_location(real, np.zeros((0, 2), np.float32), 3, k=10,
+                                 exact_max=exact_max)
+    assert sorted(ids[unseeded]) == [0, 1, 2]
+
+
+def test_facility_location_prefers_dense_regions():
+    real, ids = clusters(sizes=(60, 5))
+    assert ids[facility_location(real, np.zeros((0, 2), np.float32), 1, k=20)[0]] == 0
+
+
+def test_herding_tracks_the_mean():
+    real, _ = clusters()
+    picks = herding(real, np.zeros((0, 2)), 6)
+    assert len(set(picks)) == 6
+    assert np.linalg.norm(real[picks].mean(0) - real.mean(0)) < \
+        np.linalg.norm(real[:6].mean(0) - real.mean(0))
+
+
+def test_kcenter_spreads_out_from_the_synthetic_set():
+    real, ids = clusters(sizes=(30, 30, 30, 30))
+    picks = kcenter(real, real[ids == 0][:2], 3)
+    assert sorted(ids[picks]) == [1, 2, 3]
+    assert len(kcenter(real, np.zeros((0, 2)), 4)) == 4
+
+
+def test_random_is_seeded_and_select_dispatches():
+    assert random_pick(50, 5, 1, 2) == random_pick(50, 5, 1, 2)
+    assert random_pick(50, 5, 1, 2) != random_pick(50, 5, 2, 2)
+    real, _ = clusters()
+    for name in ("facility_location", "herding", "kcenter", "random"):
+        picks = select(name, real, np.zeros((0, 2), np.float32), 4, seed=0, label=0)
+        assert len(set(picks)) == 4
+    assert len(select("kcenter", real[:3], np.zeros((0, 2)), 10, seed=0, label=0)) == 3
+    with pytest.raises(DscoError):
+        select("best", real, real, 1, seed=0, label=0)

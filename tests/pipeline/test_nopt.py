@@ -1,0 +1,81 @@
+import torch
+
+from pipeline.config import NoptConfig
+from pipeline.datasets import read_dataset
+from pipeline.images import to_model_space
+from pipeline.nopt import (data_free_reference, initial_noise, mmd2, optimize_classes,
+                           sample_images, shell_penalty)
+from pipeline.prior import load_prior
+
+
+def _reference(label: int, n: int = 40) -> torch.Tensor:
+    """A synthetic 'class distribution': bright blobs at a class-dependent position."""
+    gen = torch.Generator().manual_seed(label)
+    x = torch.full((n, 1, 8, 8), -1.0)
+    x[:, :, label % 6:label % 6 + 3, 2:5] = 0.8
+    return (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+
+
+def test_mmd_is_zero_for_identical_sets_and_grows_with_shift():
+    x = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+    assert mmd2(x, x).abs() < 1e-6
+    assert mmd2(x, x + 0.5) < mmd2(x, x + 3.0)
+
+
+def test_shell_penalty_is_zero_on_the_shell():
+    z = torch.randn(4, 1, 8, 8)
+    on_shell = z / z.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 8.0  # ||z||^2 = d = 64
+    assert shell_penalty(on_shell) < 1e-10
+    assert shell_penalty(on_shell * 2) > 1
+
+
+def test_noise_of_a_sample_depends_only_on_seed_class_and_index(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    a = initial_noise(backend, 7, 3, 4)
+    b = initial_noise(backend, 7, 3, 2)
+    assert torch.equal(a[:2], b)
+    assert not torch.equal(a, initial_noise(backend, 8, 3, 4))
+
+
+def test_zero_iterations_is_plain_sampling(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    cfg = NoptConfig(iterations=0, ddim_steps=3)
+    [result] = optimize_classes(backend, {2: 3}, {2: _reference(2)}, cfg, seed=1)
+    plain = sample_images(backend, initial_noise(backend, 1, 2, 3), torch.full((3,), 2), cfg)
+    assert torch.equal(result.images, plain)
+    assert result.loss_history == []
+
+
+def test_nopt_reduces_the_mmd_and_is_deterministic(trained_tiny_prior, digits_dir):
+    backend = load_prior(str(trained_tiny_prior))
+    data = read_dataset(str(digits_dir / "train"), "webdataset")
+    refs = {c: to_model_space(data.images[data.indices_of(c)]) for c in (1, 4)}
+    cfg = NoptConfig(iterations=25, ddim_steps=3, learning_rate=0.1)
+    first = optimize_classes(backend, {1: 4, 4: 4}, refs, cfg, seed=0)
+    again = optimize_classes(backend, {1: 4, 4: 4}, refs, cfg, seed=0)
+    plain = optimize_classes(backend, {1: 4, 4: 4}, refs, NoptConfig(iterations=0, ddim_steps=3),
+                             seed=0)
+    for res, base in zip(first, plain):
+        assert res.final_loss < 0.9 * base.final_loss
+        assert res.loss_history[-1] < res.loss_history[0]
+        assert res.images.shape == (4, 1, 8, 8)
+        assert res.images.min() >= -1 and res.images.max() <= 1
+    assert all(torch.equal(a.images, b.images) for a, b in zip(first, again))
+
+
+def test_batched_classes_match_one_class_at_a_time(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    cfg = NoptConfig(iterations=3, ddim_steps=2)
+    refs = {0: _reference(0), 5: _reference(5)}
+    together = optimize_classes(backend, {0: 2, 5: 3}, refs, cfg, seed=0)
+    alone = [optimize_classes(backend, {c: n}, refs, cfg, seed=0)[0] for c, n in ((0, 2), (5, 3))]
+    for a, b in zip(together, alone):
+        assert torch.allclose(a.images, b.images, atol=1e-4)
+
+
+def test_data_free_reference_is_model_samples(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    cfg = NoptConfig(ddim_steps=2)
+    ref = data_free_reference(backend, 3, 6, cfg, seed=0)
+    assert ref.shape == (6, 1, 8, 8)
+    assert torch.equal(ref, data_free_reference(backend, 3, 6, cfg, seed=0))

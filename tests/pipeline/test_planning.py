@@ -1,0 +1,26 @@
+from pipeline.config import load_config
+from pipeline.planning import class_budgets, make_plan
+
+BASE = ["output=o", "model.path=m", "input.url=d"]
+
+
+def test_ipc_budget_splits_into_synthetic_core_and_real_remainder():
+    cfg = load_config(None, BASE + ["size.ipc=10", "size.doping_fraction=0.3"])
+    budgets = class_budgets(cfg, [100, 2])
+    assert [(b.synthetic, b.real) for b in budgets] == [(7, 3), (8, 2)]  # real capped at 2
+
+
+def test_fraction_budget_follows_class_sizes():
+    cfg = load_config(None, BASE + ["size.ipc=null", "size.fraction=0.5",
+                                    "size.doping_fraction=1.0"])
+    assert [(b.synthetic, b.real) for b in class_budgets(cfg, [10, 4, 1])] == \
+        [(0, 5), (0, 2), (0, 1)]
+
+
+def test_units_get_consecutive_fixed_shard_ranges():
+    cfg = load_config(None, BASE + ["size.ipc=5", "execution.classes_per_unit=2",
+                                    "write.shard_size=4"])
+    plan = make_plan(cfg, [50] * 5)
+    assert [u.labels for u in plan.units] == [[0, 1], [2, 3], [4]]
+    assert [(u.first_shard, u.num_shards) for u in plan.units] == [(0, 3), (3, 3), (6, 2)]
+    assert plan.num_samples == 25 and plan.num_shards == 8

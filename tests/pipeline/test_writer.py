@@ -1,0 +1,112 @@
+import hashlib
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import DscoError
+from pipeline.images import encode_png
+from pipeline.planning import make_plan
+from pipeline.reader import iter_samples, read_index
+from pipeline.samples import Sample, UnitOutput, real_key, synthetic_key
+from pipeline.storage import join, read_bytes
+from pipeline.writer import RunWriter
+
+
+def unit_output(unit) -> UnitOutput:
+    out = UnitOutput(unit.unit_id)
+    for b in unit.budgets:
+        for i in range(b.synthetic):
+            out.samples.append(Sample(synthetic_key(b.label, i), b.label, str(b.label),
+                                      "synthetic", encode_png(np.full((8, 8, 1), i, np.uint8))))
+        for r in range(b.real):
+            out.samples.append(Sample(real_key(b.label, r), b.label, str(b.label), "real",
+                                      encode_png(np.full((8, 8, 1), 99, np.uint8)),
+                                      origin=f"digits_{r:04d}"))
+        out.metrics[str(b.label)] = {"final_mmd": 0.1, "loss_history": [0.5, 0.1]}
+    return out
+
+
+def new_run(output: str):
+    """A writer for a 5-class run (3 per class, 1 doped) and its plan of 3 units."""
+    cfg = load_config(None, ["output=o", "model.path=m", "input.url=d", "size.ipc=3",
+                             "size.doping_fraction=0.34", "execution.classes_per_unit=2",
+                             "write.shard_size=4"])
+    plan = make_plan(cfg, [20] * 5)
+    return RunWriter(output, "run1", cfg.to_dict()), plan
+
+
+def write_run(output: str):
+    writer, plan = new_run(output)
+    for unit in plan.units:
+        writer.write_unit(unit, unit_output(unit))
+    return writer, plan
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    writer, plan = write_run(str(tmp_path))
+    writer.finalize(plan, [str(i) for i in range(5)], started=0.0)
+    return join(str(tmp_path), "run1"), plan
+
+
+def test_units_commit_in_any_order_with_a_generation_each(tmp_path):
+    writer, plan = new_run(str(tmp_path))
+    for unit in reversed(plan.units):
+        writer.write_unit(unit, unit_output(unit))
+        index = read_index(join(str(tmp_path), "run1"))
+        assert not index["complete"]
+    assert index["generation"] == 3
+    assert [s["name"] for s in index["shards"]] == \
+        [f"shards/{i:06d}.tar" for i in range(plan.num_shards)]
+    assert writer.committed_units() == {0, 1, 2}
+    first = json.loads((tmp_path / "run1" / "indexes" / "000001.json").read_text())
+    assert [s["unit"] for s in first["shards"]] == [2]  # the immutable copy of generation 1
+
+
+def test_finished_run_has_the_design_layout(finished_run, tmp_path):
+    run_url, plan = finished_run
+    index = read_index(run_url)
+    assert index["complete"] and index["samples"] == plan.num_samples
+    for entry in index["shards"]:
+        data = read_bytes(join(run_url, entry["name"]))
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
+        sidecar = json.loads(read_bytes(join(run_url, entry["name"][:-4] + ".json")))
+        assert sidecar["sha256"] == entry["sha256"] and sidecar["nsamples"] == entry["nsamples"]
+    table = pq.read_table(io.BytesIO(read_bytes(join(run_url, "samples.parquet"))))
+    assert table.num_rows == plan.num_samples
+    assert set(table.column("source").to_pylist()) == {"synthetic", "real"}
+    for name in ("run_config.json", "report/metrics.json", "report/report.md", "report/grid.png"):
+        assert (tmp_path / "run1" / name).is_file(), name
+    assert json.loads((tmp_path / "latest.json").read_text())["run_id"] == "run1"
+    assert "secret" not in (tmp_path / "run1" / "run_config.json").read_text().lower()
+
+
+def test_samples_carry_png_cls_and_json(finished_run):
+    run_url, _ = finished_run
+    samples = list(iter_samples(run_url))
+    real = next(s for s in samples if b'"real"' in s["json"])
+    meta = json.loads(real["json"])
+    assert meta == {"label": int(real["cls"]), "class_name": str(meta["label"]),
+                    "source": "real", "origin": meta["origin"]}
+    assert meta["origin"].startswith("digits_")
+    assert all(s["png"].startswith(b"\x89PNG") for s in samples)
+
+
+def test_reader_refuses_a_modified_shard(finished_run, tmp_path):
+    run_url, _ = finished_run
+    shard = tmp_path / "run1" / "shards" / "000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-512] + b"\0" * 512 + b"x")
+    with pytest.raises(DscoError, match="does not match its index"):
+        list(iter_samples(run_url))
+
+
+def test_writes_are_byte_identical_across_runs(tmp_path):
+    write_run(str(tmp_path / "a"))
+    write_run(str(tmp_path / "b"))
+    for i in range(3):
+        name = f"run1/shards/{i:06d}.tar"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -1,0 +1,137 @@
+"""The job end to end on a local Ray: layout, up-to-date reruns, data-free, failures, resume,
+and shards read back with webdataset and Ray Data."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cluster.driver import JobFailed, run_job
+from pipeline.config import load_config
+from pipeline.prior import PRIOR_META
+from pipeline.reader import read_index, samples_in_tar
+from tests.conftest import make_tiny_prior, s3_bucket
+
+pytestmark = pytest.mark.ray
+FAST = ["nopt.iterations=2", "nopt.ddim_steps=2", "nopt.batch_size=32", "size.ipc=2",
+        "execution.classes_per_unit=3", "write.shard_size=7"]
+
+
+def job(out, prior, digits_dir, *extra):
+    return load_config(None, [f"output={out}", f"model.path={prior}",
+                              f"input.url={digits_dir / 'train'}", *FAST, *extra])
+
+
+def shard_contents(run_dir: Path) -> dict[str, dict]:
+    """key -> {ext: bytes} for every sample of every committed shard."""
+    out = {}
+    for entry in read_index(str(run_dir))["shards"]:
+        for sample in samples_in_tar((run_dir / entry["name"]).read_bytes()):
+            out[sample.pop("__key__")] = sample
+    return out
+
+
+@pytest.fixture(scope="module")
+def doped_run(ray_local, tiny_prior, digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    cfg = job(out, tiny_prior, digits_dir, "size.doping_fraction=0.5")
+    return cfg, run_job(cfg, progress=False)
+
+
+def test_run_writes_the_design_layout(doped_run):
+    cfg, result = doped_run
+    run_dir = Path(result.run_url)
+    index = read_index(result.run_url)
+    assert result.status == "complete" and index["complete"]
+    assert index["samples"] == 20 and result.metrics["synthetic"] == 10
+    assert len(index["shards"]) == 4  # units of 3+3+3+1 classes, <= 6 samples: 1 shard each
+    for name in ("run_config.json", "samples.parquet", "report/metrics.json",
+                 "report/report.md", "report/grid.png", "indexes/000001.json"):
+        assert (run_dir / name).is_file(), name
+    samples = shard_contents(run_dir)
+    assert sum(json.loads(s["json"])["source"] == "real" for s in samples.values()) == 10
+    latest = json.loads((Path(cfg.output) / "latest.json").read_text())
+    assert latest["run_id"] == result.run_id == run_dir.name
+
+
+def test_same_config_again_is_up_to_date(doped_run):
+    cfg, result = doped_run
+    again = run_job(cfg, progress=False)
+    assert again.status == "up to date" and again.run_id == result.run_id
+
+
+def test_shards_read_back_with_webdataset_and_ray_data(doped_run, ray_local):
+    import ray.data
+    import webdataset as wds
+
+    _, result = doped_run
+    run_dir = Path(result.run_url)
+    expected = shard_contents(run_dir)
+    urls = [str(run_dir / e["name"]) for e in read_index(result.run_url)["shards"]]
+    via_wds = {s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")}
+               for s in wds.WebDataset(urls, shardshuffle=False)}
+    assert via_wds == expected
+    rows = ray.data.read_webdataset(urls, decoder=None).take_all()
+    via_ray = {r["__key__"]: {k: r[k] for k in ("png", "cls", "json")} for r in rows}
+    assert via_ray == expected
+
+
+def test_data_free_needs_no_input(ray_local, tiny_prior, tmp_path):
+    cfg = load_config(None, [f"output={tmp_path}", f"model.path={tiny_prior}",
+                             "nopt.data_free=true", "nopt.reference_multiplier=2", *FAST])
+    result = run_job(cfg, progress=False)
+    assert result.metrics["synthetic"] == 20 and result.metrics["real"] == 0
+    assert json.loads((Path(result.run_url) / "run_config.json").read_text())["input"]["url"] == ""
+
+
+def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, digits_dir):
+    prior = make_tiny_prior(tmp_path / "prior")
+    meta = json.loads((prior / PRIOR_META).read_text())
+    meta["null_class"] = None  # guidance 2 then fails inside every NoiseOptimizer call
+    (prior / PRIOR_META).write_text(json.dumps(meta))
+    cfg = job(tmp_path / "out", prior, digits_dir, "nopt.guidance=2.0",
+              "execution.max_retries=1")
+    with pytest.raises(JobFailed, match="4 work unit.*failed after 1 retries.*null class"):
+        run_job(cfg, progress=False)
+    [run_dir] = [p for p in (tmp_path / "out").iterdir() if p.name != "cache"]
+    assert not (run_dir / "index.json").exists() or not read_index(str(run_dir))["complete"]
+    assert not (tmp_path / "out" / "latest.json").exists()
+
+
+def test_an_interrupted_run_resumes_with_identical_output(doped_run, tmp_path):
+    cfg, result = doped_run
+    done = Path(result.run_url)
+    crashed = tmp_path / done.name
+    shutil.copytree(done, crashed)
+    # As if the driver died after unit 1's tar was written but before its commit:
+    index = json.loads((crashed / "index.json").read_text())
+    lost = set(index["units"].pop("1")["shards"])
+    index["shards"] = [s for s in index["shards"] if s["name"] not in lost]
+    index["complete"] = False
+    (crashed / "index.json").write_text(json.dumps(index))
+    (crashed / "samples.parquet").unlink()
+    resumed = run_job(load_config(None, [f"output={tmp_path}", *_args(cfg)]), progress=False)
+    assert resumed.run_id == result.run_id and resumed.status == "complete"
+    strip = ("generation", "updated")
+    before = {k: v for k, v in read_index(str(done)).items() if k not in strip}
+    after = {k: v for k, v in read_index(str(crashed)).items() if k not in strip}
+    assert after["shards"] == before["shards"]
+    assert after["units"] == before["units"]
+    assert after_generation(crashed) == index["generation"] + 2  # unit 1 again, then complete
+
+
+def after_generation(run_dir: Path) -> int:
+    return read_index(str(run_dir))["generation"]
+
+
+def _args(cfg) -> list[str]:
+    return [f"model.path={cfg.model.path}", f"input.url={cfg.input.url}",
+            "size.doping_fraction=0.5", *FAST]
+
+
+def test_run_to_s3_on_moto(ray_local, moto_env, tiny_prior, digits_dir):
+    bucket = s3_bucket(moto_env, "jobs")
+    cfg = job(f"{bucket}/digits", tiny_prior, digits_dir, "size.doping_fraction=0.5")
+    result = run_job(cfg, progress=False)
+    assert result.run_url.startswith("s3://jobs/digits/")
+    assert read_index(result.run_url)["complete"]

@@ -1,0 +1,48 @@
+"""Object storage against moto's S3 server on 127.0.0.1 (the fast tier)."""
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import DscoError
+from pipeline.reader import iter_samples, read_index
+from pipeline.storage import join, read_bytes, read_json, write_bytes, write_json
+from tests.conftest import s3_bucket
+from tests.pipeline.test_writer import write_run
+
+
+def test_bytes_and_json_round_trip(moto_env):
+    bucket = s3_bucket(moto_env, "roundtrip")
+    write_bytes(join(bucket, "a/b.bin"), b"\x00payload")
+    assert read_bytes(join(bucket, "a/b.bin")) == b"\x00payload"
+    write_json(join(bucket, "x.json"), {"k": 1})
+    assert read_json(join(bucket, "x.json")) == {"k": 1}
+    assert read_json(join(bucket, "missing.json")) is None
+
+
+def test_a_whole_run_on_s3(moto_env):
+    bucket = s3_bucket(moto_env, "runs")
+    writer, plan = write_run(join(bucket, "prefix"))
+    writer.finalize(plan, [str(i) for i in range(5)], started=0.0)
+    run_url = join(bucket, "prefix", "run1")
+    assert read_index(run_url)["complete"]
+    assert len(list(iter_samples(run_url))) == plan.num_samples
+    table = pq.read_table(io.BytesIO(read_bytes(join(run_url, "samples.parquet"))))
+    assert table.num_rows == plan.num_samples
+    assert json.loads(read_bytes(join(bucket, "prefix", "latest.json")))["run_id"] == "run1"
+
+
+def test_missing_bucket_is_explained(moto_env):
+    with pytest.raises(DscoError, match="'s3://no-such-bucket/x.bin'.*does not exist"):
+        write_bytes("s3://no-such-bucket/x.bin", b"1")
+
+
+def test_unreachable_endpoint_is_explained(moto_env, monkeypatch):
+    import fsspec
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    fsspec.AbstractFileSystem.clear_instance_cache()
+    monkeypatch.setattr("pipeline.storage.time.sleep", lambda s: None)
+    with pytest.raises(DscoError, match="AWS_ENDPOINT_URL"):
+        write_bytes("s3://bucket/x.bin", b"1")
