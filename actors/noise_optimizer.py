@@ -5,6 +5,7 @@ import os
 
 import ray
 import torch
+from ray.experimental import tqdm_ray
 
 from actors.failures import failed_unit
 from pipeline.config import NoptConfig
@@ -32,8 +33,11 @@ class NoiseOptimizer:
     @ray.method(num_returns=2)
     def run(self, unit: WorkUnit, references):
         """Run NOpt for ``unit``; returns (small status for the driver, the unit's output)."""
+        bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
+                            desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
         try:
-            output = self.stage.run_unit(unit, references)
+            output = self.stage.run_unit(unit, references, lambda: bar.update(1))
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
             output = failed_unit(unit.unit_id, exc)
+        bar.close()
         return {"unit_id": unit.unit_id, "ok": output.ok, "error": output.error}, output

@@ -24,29 +24,30 @@ SEEDS = [0, 1, 2]
 
 
 def demo_config(out: str, ipc: int, doping_fraction: float, data_free: bool,
-                shard_size: int) -> JobConfig:
+                shard_size: int, overrides: list[str]) -> JobConfig:
     """The embedded default job: digits, the demo prior, a local output folder."""
     return load_config(None, [
         f"output={out}", f"input.url={join(out, 'data', 'train')}",
         f"model.path={os.path.join(out, 'prior')}", f"size.ipc={ipc}",
         f"size.doping_fraction={doping_fraction}", f"nopt.data_free={str(data_free).lower()}",
-        f"write.shard_size={shard_size}"])
+        f"write.shard_size={shard_size}", *overrides])
 
 
-def ensure_prior(out: str, progress: bool) -> str:
+def ensure_prior(out: str, prior_cfg: PriorTrainingConfig, progress: bool) -> str:
     """Train the digits prior once; later demos reuse it."""
     model_dir = os.path.join(out, "prior")
     if not os.path.isfile(os.path.join(model_dir, PRIOR_META)):
         train_prior(read_dataset(join(out, "data", "train"), "webdataset"), model_dir,
-                    PriorTrainingConfig(), progress=progress)
+                    prior_cfg, progress=progress)
     return model_dir
 
 
-def baseline_configs(cfg: JobConfig, out: str) -> dict[str, JobConfig]:
-    """Same size, same prior: plain sampling (T = 0) and a random real subset."""
+def baseline_configs(cfg: JobConfig, out: str, overrides: list[str]) -> dict[str, JobConfig]:
+    """Same size, same prior and sampler: plain sampling (T = 0) and a random real subset."""
     base = join(out, "baselines")
     common = [f"output={base}", f"input.url={cfg.input.url}", f"model.path={cfg.model.path}",
-              f"size.ipc={cfg.size.ipc}", f"write.shard_size={cfg.write.shard_size}"]
+              f"size.ipc={cfg.size.ipc}", f"write.shard_size={cfg.write.shard_size}",
+              *overrides]
     return {"plain sampling (T=0)": load_config(None, common + ["nopt.iterations=0"]),
             "random real": load_config(None, common + ["size.doping_fraction=1.0",
                                                        "doping.selector=random"])}
@@ -63,13 +64,20 @@ def load_run_samples(run_url: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: bool = False,
-             shard_size: int = 1000, progress: bool = True) -> dict:
-    """Prepare data and prior, run DsCo and the baselines, evaluate; returns the evaluation."""
+             shard_size: int = 1000, progress: bool = True, overrides: list[str] | None = None,
+             prior_cfg: PriorTrainingConfig = PriorTrainingConfig()) -> dict:
+    """Prepare data and prior, run DsCo and the baselines, evaluate; returns the evaluation.
+
+    ``overrides`` (``key=value``) apply to every job, e.g. fewer NOpt iterations in tests.
+    """
+    overrides = overrides or []
     prepare_digits(join(out, "data"))
-    ensure_prior(out, progress)
-    cfg = demo_config(out, ipc, doping_fraction, data_free, shard_size)
+    ensure_prior(out, prior_cfg, progress)
+    cfg = demo_config(out, ipc, doping_fraction, data_free, shard_size, overrides)
     runs: dict[str, JobResult] = {}
-    for name, base_cfg in baseline_configs(cfg, out).items():
+    baselines = baseline_configs(cfg, out, overrides)
+    baseline_names = list(baselines)
+    for name, base_cfg in baselines.items():  # DsCo last, so latest.json points at it
         runs[name] = run_job(base_cfg, progress=progress)
     runs["DsCo"] = run_job(cfg, progress=progress)
     metrics_url = join(runs["DsCo"].run_url, "report", "metrics.json")
@@ -78,12 +86,12 @@ def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: b
     if all(r.status == "up to date" for r in runs.values()) and saved:
         return {**saved, "up_to_date": True, "run_url": runs["DsCo"].run_url}
     test = read_dataset(join(out, "data", "test"), "webdataset")
-    table = {}
-    for name, result in runs.items():
-        images, labels = load_run_samples(result.run_url)
-        table[name] = {"run_id": result.run_id, "samples": len(labels),
-                       **evaluate_set(images, labels, test.images, test.labels,
-                                      len(test.class_names), SEEDS)}
+    table = []
+    for name in ("DsCo", *baseline_names):
+        images, labels = load_run_samples(runs[name].run_url)
+        table.append({"method": name, "run_id": runs[name].run_id, "samples": len(labels),
+                      **evaluate_set(images, labels, test.images, test.labels,
+                                     len(test.class_names), SEEDS)})
     evaluation = {"classifier": "convnet", "seeds": SEEDS, "ipc": ipc,
                   "doping_fraction": doping_fraction, "data_free": data_free, "methods": table}
     write_json(metrics_url, {**metrics, "evaluation": evaluation})
@@ -95,6 +103,7 @@ def format_table(evaluation: dict) -> str:
     lines = [f"digits, IPC {evaluation['ipc']}, ConvNet trained from scratch, "
              f"seeds {evaluation['seeds']}",
              f"{'method':<24} {'images':>6}  {'test accuracy (%)':>18}"]
-    for name, row in evaluation["methods"].items():
-        lines.append(f"{name:<24} {row['samples']:>6}  {row['mean']:>10.2f} +- {row['std']:.2f}")
+    for row in evaluation["methods"]:
+        lines.append(f"{row['method']:<24} {row['samples']:>6}  {row['mean']:>10.2f} +- "
+                     f"{row['std']:.2f}")
     return "\n".join(lines)

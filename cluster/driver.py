@@ -113,8 +113,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     writing: dict = {}  # commit ref -> unit
     attempts: Counter = Counter()
     failed: dict[int, str] = {}
-    bar = tqdm(total=len(units), desc="work units (NOpt + doping + write)", unit="unit",
-               disable=not progress)
+    optimised = tqdm(total=len(units), desc="units optimised", unit="unit", disable=not progress)
+    written = tqdm(total=len(units), desc="units written", unit="unit", disable=not progress)
     while pending or running or writing:
         while idle and pending:
             actor, unit = idle.pop(), pending.popleft()
@@ -127,7 +127,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
         if ref in running:
             actor, unit = running.pop(ref)
             try:
-                ray.get(ref)
+                optimised.update(int(ray.get(ref)["ok"]))
                 idle.append(actor)
             except RayActorError:
                 idle.append(new_actor())  # the unit's commit fails too and is retried there
@@ -138,14 +138,15 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
         except RayError as exc:
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if result["ok"]:
-            bar.update(1)
+            written.update(1)
             continue
         attempts[unit.unit_id] += 1
         if attempts[unit.unit_id] <= cfg.execution.max_retries:
             pending.append(unit)
         else:
             failed[unit.unit_id] = result["error"]
-    bar.close()
+    optimised.close()
+    written.close()
     if failed:
         details = "; ".join(f"unit {u}: {e.splitlines()[0]}" for u, e in sorted(failed.items()))
         raise JobFailed(f"{len(failed)} work unit(s) failed after "

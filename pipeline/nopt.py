@@ -8,9 +8,9 @@ Adam on z for T iterations. T = 0 is plain sampling, the built-in baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.config import NoptConfig
 from pipeline.ddim import ddim_sample
@@ -81,13 +81,16 @@ def data_free_reference(backend: DiffusionBackend, label: int, count: int, cfg: 
 
 def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
                      references: dict[int, torch.Tensor], cfg: NoptConfig, seed: int,
-                     progress: bool = False) -> list[ClassResult]:
+                     on_iteration: Callable[[], None] | None = None) -> list[ClassResult]:
     """Run NOpt for several classes at once: one batched sampler pass per iteration.
 
     ``counts`` maps label -> N and ``references`` label -> R_c in model space. The loss is the
     sum of the per-class losses and Adam is elementwise, so each class is optimised exactly as
-    it would be alone; batching only amortises the model's per-call cost.
+    it would be alone; batching only amortises the model's per-call cost. ``on_iteration``
+    is called after every iteration (progress reporting).
     """
+    if not counts:
+        return []
     labels_order = sorted(counts)
     z = torch.cat([initial_noise(backend, seed, c, counts[c]) for c in labels_order])
     z.requires_grad_(cfg.iterations > 0)
@@ -98,9 +101,7 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     refs = {c: references[c].to(backend.device) for c in labels_order}
     optimizer = torch.optim.Adam([z], lr=cfg.learning_rate)
     history: dict[int, list[float]] = {c: [] for c in labels_order}
-    bar = tqdm(range(cfg.iterations), desc=f"NOpt classes {labels_order}", leave=False,
-               disable=not progress, mininterval=2)
-    for it in bar:
+    for it in range(cfg.iterations):
         fake = ddim_sample(backend, z, labels, cfg.ddim_steps, cfg.guidance,
                            use_checkpointing=cfg.checkpointing)
         loss = torch.zeros((), device=backend.device)
@@ -115,6 +116,8 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_iteration is not None:
+            on_iteration()
     images = sample_images(backend, z.detach(), labels, cfg)
     return [ClassResult(c, images[slices[c]], history[c],
                         final_match(images[slices[c]], refs[c], cfg, seed, c))

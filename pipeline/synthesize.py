@@ -1,6 +1,8 @@
 """The synthesize stage: NOpt for every class of a work unit, producing synthetic samples."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -16,22 +18,21 @@ class NoiseOptimizerStage:
     """Holds one loaded prior and runs NOpt for the classes of the work units it is given."""
 
     def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
-                 device: str = "cpu", progress: bool = False):
+                 device: str = "cpu"):
         self.backend = load_prior(model_path, device)
         self.cfg = cfg
         self.seed = seed
         self.class_names = class_names
-        self.progress = progress
 
-    def run_unit(self, unit: WorkUnit,
-                 references: dict[int, np.ndarray] | None) -> UnitOutput:
+    def run_unit(self, unit: WorkUnit, references: dict[int, np.ndarray] | None,
+                 on_iteration: Callable[[], None] | None = None) -> UnitOutput:
         """Optimise each class of ``unit``; ``references`` maps label -> real uint8 images
         (None in data-free mode, where the model's own samples are the reference)."""
         out = UnitOutput(unit.unit_id)
         counts = {b.label: b.synthetic for b in unit.budgets if b.synthetic > 0}
         refs = {c: self._reference(c, n, references) for c, n in counts.items()}
         results = {r.label: r for r in optimize_classes(self.backend, counts, refs, self.cfg,
-                                                        self.seed, progress=self.progress)}
+                                                        self.seed, on_iteration)}
         for budget in unit.budgets:
             result = results.get(budget.label)
             if result is None:

@@ -84,6 +84,15 @@ def test_data_free_needs_no_input(ray_local, tiny_prior, tmp_path):
     assert json.loads((Path(result.run_url) / "run_config.json").read_text())["input"]["url"] == ""
 
 
+def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_dir, tmp_path):
+    cfg = job(tmp_path, tiny_prior, digits_dir, "size.doping_fraction=1.0",
+              "doping.selector=kcenter")
+    result = run_job(cfg, progress=False)
+    assert result.metrics["real"] == 20 and result.metrics["synthetic"] == 0
+    origins = {json.loads(s["json"])["origin"] for s in shard_contents(Path(result.run_url)).values()}
+    assert len(origins) == 20 and all(o.startswith("digits_") for o in origins)
+
+
 def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, digits_dir):
     prior = make_tiny_prior(tmp_path / "prior")
     meta = json.loads((prior / PRIOR_META).read_text())

@@ -1,0 +1,1 @@
+"""On-demand benchmarks; results go to benchmarks/results/."""

@@ -1,0 +1,49 @@
+"""The `dsco` command line: exit codes and messages at the edges."""
+import subprocess
+import sys
+
+import pytest
+
+from cluster.cli import main
+from tests.conftest import REPO
+
+
+def test_bad_config_key_exits_2_with_the_key_named(capsys):
+    code = main(["run", str(REPO / "configs" / "digits.yaml"), "--set", "nopt.iteratons=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'nopt.iteratons'" in err and "'nopt.iterations'" in err
+
+
+def test_missing_model_exits_2_with_the_fix(capsys, digits_dir, tmp_path):
+    code = main(["run", str(REPO / "configs" / "digits.yaml"), "--set", f"output={tmp_path}",
+                 "--set", f"input.url={digits_dir / 'train'}",
+                 "--set", f"model.path={tmp_path / 'nope'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not a DsCo prior directory" in err and "dsco train-prior" in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_input_exits_2(capsys, tiny_prior, tmp_path):
+    code = main(["run", str(REPO / "configs" / "digits.yaml"), "--set", f"output={tmp_path}",
+                 "--set", f"input.url={tmp_path / 'no-data'}",
+                 "--set", f"model.path={tiny_prior}"])
+    assert code == 2
+    assert "is not a folder or prefix that exists" in capsys.readouterr().err
+
+
+def test_prepare_digits_and_train_prior_commands(tmp_path, capsys):
+    assert main(["--quiet", "prepare-digits", "--out", str(tmp_path / "d")]) == 0
+    assert main(["--quiet", "train-prior", "--data", str(tmp_path / "d" / "train"),
+                 "--out", str(tmp_path / "p"), "--steps", "2"]) == 0
+    assert (tmp_path / "p" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert "train 1437, test 360" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["demo", "--help"]])
+def test_console_script_help(args):
+    dsco = REPO / ".venv" / "bin" / "dsco"
+    cmd = [str(dsco)] if dsco.exists() else [sys.executable, "-m", "cluster.cli"]
+    out = subprocess.run(cmd + args, capture_output=True, text=True, check=True, cwd=REPO)
+    assert "usage: dsco" in out.stdout
