@@ -5,8 +5,6 @@ DopingSelector and the Coordinator as object refs; the driver only sees small st
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from pipeline.datasets import list_input
 from pipeline.errors import DscoError
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, make_plan
-from pipeline.prior import PRIOR_META
+from pipeline.prior import read_prior_meta
 from pipeline.storage import join, read_json
 
 
@@ -42,17 +40,6 @@ class JobResult:
     metrics: dict = field(default_factory=dict)
 
 
-def prior_meta(model_path: str) -> dict:
-    """The prior's metadata, read without loading weights; a clear error when missing."""
-    path = os.path.join(model_path, PRIOR_META)
-    if not os.path.isfile(path):
-        raise DscoError(f"model.path {model_path!r} is not a DsCo prior directory (no "
-                        f"{PRIOR_META}); train one with `dsco train-prior --data DIR --out "
-                        f"{model_path}` or fix the path.")
-    with open(path) as f:
-        return json.load(f)
-
-
 def uses_real_data(cfg: JobConfig) -> bool:
     return not cfg.nopt.data_free or cfg.size.doping_fraction > 0 or cfg.size.fraction is not None
 
@@ -66,7 +53,7 @@ def fingerprint(cfg: JobConfig) -> str:
 def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -> JobResult:
     """Run (or resume, or skip as up to date) the concentration job described by ``cfg``."""
     started = time.time()
-    meta = prior_meta(cfg.model.path)
+    meta = read_prior_meta(cfg.model.path)
     rid = fingerprint(cfg)
     run_url = join(cfg.output, rid)
     index = read_json(join(run_url, "index.json"))
@@ -81,12 +68,12 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"))
         summary = ray.get(selector.summary.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
-        if len(class_sizes) > meta["num_classes"]:
+        if len(class_sizes) > meta.num_classes:
             raise DscoError(f"the input has {len(class_sizes)} classes but the prior in "
-                            f"{cfg.model.path!r} knows {meta['num_classes']}; train the prior "
+                            f"{cfg.model.path!r} knows {meta.num_classes}; train the prior "
                             "on this dataset.")
     else:
-        class_names = meta["class_names"]
+        class_names = meta.class_names
         class_sizes = [0] * len(class_names)
     plan = make_plan(cfg, class_sizes)
     done = ray.get(coordinator.committed_units.remote())
@@ -159,4 +146,3 @@ def _references(selector, unit: WorkUnit, cfg: JobConfig):
     if selector is None or cfg.nopt.data_free:
         return None
     return selector.references.remote(unit)
-

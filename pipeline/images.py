@@ -34,7 +34,8 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def to_model_space(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    x = torch.from_numpy(np.array(images, copy=True))  # a copy: inputs may be read-only
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -138,4 +138,3 @@ def final_match(images: torch.Tensor, reference: torch.Tensor, cfg: NoptConfig, 
     """MMD^2 of the final images against all of R_c under one fixed feature draw."""
     phi = FeatureMap(cfg.feature_map, images.shape[1]).draw(seed, label, "final")
     return float(sum(mmd2(f, r) for f, r in zip(phi(images), phi(reference))))
-

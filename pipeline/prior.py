@@ -99,21 +99,27 @@ def save_prior(unet: UNet2DModel, scheduler_config: dict, meta: PriorMeta, out_d
         json.dump(meta.__dict__, f, indent=2)
 
 
-def load_prior(model_dir: str, device: torch.device | str = "cpu") -> DiffusionBackend:
-    """Load a prior saved by :func:`save_prior` (diffusers ``from_pretrained``, local files only)."""
+def read_prior_meta(model_dir: str) -> PriorMeta:
+    """The prior's metadata, read without loading weights; a clear error when it is missing."""
     meta_path = os.path.join(model_dir, PRIOR_META)
     if not os.path.isfile(meta_path):
         raise DscoError(
-            f"model directory {model_dir!r} has no {PRIOR_META}: it is not a DsCo prior. "
-            "Train one with `dsco train-prior --data DIR --out DIR` and point `model.path` at it.")
+            f"model.path {model_dir!r} is not a DsCo prior directory (no {PRIOR_META}); train "
+            f"one with `dsco train-prior --data DIR --out {model_dir}` or fix the path.")
     with open(meta_path) as f:
         meta = PriorMeta(**json.load(f))
     if meta.kind != "pixel_unet":
         raise DscoError(f"prior kind {meta.kind!r} in {meta_path} is not supported; "
                         "supported kinds: 'pixel_unet'.")
+    return meta
+
+
+def load_prior(model_dir: str, device: torch.device | str = "cpu") -> DiffusionBackend:
+    """Load a prior saved by :func:`save_prior` (diffusers, local files only)."""
+    meta = read_prior_meta(model_dir)
     try:
-        unet = UNet2DModel.from_pretrained(os.path.join(model_dir, "unet"), local_files_only=True,
-                                           low_cpu_mem_usage=False)
+        unet = UNet2DModel.from_pretrained(os.path.join(model_dir, "unet"),
+                                           local_files_only=True, low_cpu_mem_usage=False)
         scheduler = DDIMScheduler.from_pretrained(os.path.join(model_dir, "scheduler"),
                                                   local_files_only=True)
     except (OSError, ValueError) as exc:

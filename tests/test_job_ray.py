@@ -89,7 +89,8 @@ def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_
               "doping.selector=kcenter")
     result = run_job(cfg, progress=False)
     assert result.metrics["real"] == 20 and result.metrics["synthetic"] == 0
-    origins = {json.loads(s["json"])["origin"] for s in shard_contents(Path(result.run_url)).values()}
+    samples = shard_contents(Path(result.run_url)).values()
+    origins = {json.loads(s["json"])["origin"] for s in samples}
     assert len(origins) == 20 and all(o.startswith("digits_") for o in origins)
 
 
