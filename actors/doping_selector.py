@@ -12,13 +12,17 @@ from pipeline.selection import RealDataStage
 
 @ray.remote
 class DopingSelector:
-    """Wraps :class:`RealDataStage` (reads and embeds the input once, in ``__init__``)."""
+    """Wraps :class:`RealDataStage`. ``prepare`` reads and embeds the input once; it is a method,
+    not ``__init__``, so a bad input reaches the driver as the pipeline's own error."""
 
     def __init__(self, input_url: str, layout: str, cfg: DopingConfig, seed: int,
                  cache_url: str):
-        self.stage = RealDataStage(input_url, layout, cfg, seed, cache_url)
+        self.args = (input_url, layout, cfg, seed, cache_url)
+        self.stage: RealDataStage | None = None
 
-    def summary(self) -> dict:
+    def prepare(self) -> dict:
+        """Read and embed the dataset; return class sizes and names."""
+        self.stage = RealDataStage(*self.args)
         return self.stage.summary()
 
     def references(self, unit: WorkUnit):

@@ -33,11 +33,14 @@ class NoiseOptimizer:
     @ray.method(num_returns=2)
     def run(self, unit: WorkUnit, references):
         """Run NOpt for ``unit``; returns (small status for the driver, the unit's output)."""
-        bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
-                            desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
+        bar = None
+        if self.stage.cfg.iterations and any(b.synthetic for b in unit.budgets):
+            bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
+                                desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
         try:
-            output = self.stage.run_unit(unit, references, lambda: bar.update(1))
+            output = self.stage.run_unit(unit, references, bar.update if bar else None)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
             output = failed_unit(unit.unit_id, exc)
-        bar.close()
+        if bar is not None:
+            bar.close()
         return {"unit_id": unit.unit_id, "ok": output.ok, "error": output.error}, output

@@ -10,7 +10,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 from tqdm.auto import tqdm
 
 from actors.coordinator import Coordinator
@@ -66,7 +66,7 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     if uses_real_data(cfg):
         selector = DopingSelector.options(**io_actor_options()).remote(
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"))
-        summary = ray.get(selector.summary.remote())
+        summary = _get_or_raise_input_error(selector.prepare.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
         if len(class_sizes) > meta.num_classes:
             raise DscoError(f"the input has {len(class_sizes)} classes but the prior in "
@@ -81,6 +81,17 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     _run_units(cfg, todo, coordinator, selector, class_names, progress)
     metrics = ray.get(coordinator.finalize.remote(plan, class_names, started))
     return JobResult(rid, run_url, "complete", metrics)
+
+
+def _get_or_raise_input_error(ref):
+    """ray.get, re-raising a DscoError from the actor as itself (a clean one-paragraph
+    message for the CLI) rather than wrapped in Ray's task error."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, DscoError):
+            raise exc.cause from None
+        raise
 
 
 def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,

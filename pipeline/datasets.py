@@ -32,6 +32,7 @@ class LabelledImages:
     encoded: list[bytes]  # the original file bytes, written unchanged when a sample is doped
     extensions: list[str]
     class_names: list[str]
+    listing: list["InputFile"]  # the files read, with size and version (for fingerprints)
 
     def indices_of(self, label: int) -> np.ndarray:
         """Positions of the samples of class ``label``, in dataset order."""
@@ -94,7 +95,7 @@ def read_dataset(url: str, layout: str) -> LabelledImages:
             data = with_retries(f"read {f.path}", lambda p=f.path: fs.cat_file(f"{root}/{p}"))
             stem, ext = filename.rsplit(".", 1)
             samples.append((f"{folder}/{stem}", folders.index(folder), data, ext.lower()))
-    return _decode_all(samples, names, url)
+    return _decode_all(samples, names, url, files)
 
 
 def _samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes, str]]:
@@ -126,7 +127,7 @@ def _samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes, str]
     return out
 
 
-def _decode_all(samples, names, url) -> LabelledImages:
+def _decode_all(samples, names, url, files) -> LabelledImages:
     samples.sort(key=lambda s: s[0])
     keys = [s[0] for s in samples]
     if len(set(keys)) != len(keys):
@@ -145,4 +146,4 @@ def _decode_all(samples, names, url) -> LabelledImages:
         raise DscoError(f"dataset {url!r}: classes.json names {len(names)} classes but labels "
                         f"go up to {num_classes - 1}.")
     return LabelledImages(keys, labels, np.stack(images), [s[2] for s in samples],
-                          [s[3] for s in samples], list(names))
+                          [s[3] for s in samples], list(names), files)

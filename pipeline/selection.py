@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.config import DopingConfig
-from pipeline.datasets import LabelledImages, list_input, read_dataset
+from pipeline.datasets import LabelledImages, read_dataset
 from pipeline.doping import select
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image, to_model_space
@@ -29,7 +29,7 @@ class RealDataStage:
         self.data: LabelledImages = read_dataset(input_url, layout)
         self.doping = doping
         self.seed = seed
-        listing = json.dumps([f.__dict__ for f in list_input(input_url, layout)], sort_keys=True)
+        listing = json.dumps([f.__dict__ for f in self.data.listing], sort_keys=True)
         tag = hashlib.sha256(f"{listing}|{doping.encoder}|{seed}".encode()).hexdigest()[:16]
         self.embeddings_url = join(cache_url, f"embeddings-{tag}.parquet")
         self.encoder = FixedEncoder(doping.encoder, self.data.images.shape[-1], seed)

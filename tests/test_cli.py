@@ -1,4 +1,5 @@
 """The `dsco` command line: exit codes and messages at the edges."""
+import shutil
 import subprocess
 import sys
 
@@ -39,6 +40,20 @@ def test_prepare_digits_and_train_prior_commands(tmp_path, capsys):
                  "--out", str(tmp_path / "p"), "--steps", "2"]) == 0
     assert (tmp_path / "p" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert "train 1437, test 360" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_corrupt_input_shard_exits_2_naming_it(capsys, ray_local, digits_dir, tiny_prior,
+                                               tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir / "train", data)
+    (data / "000001.tar").write_bytes(b"not a tar" * 50)
+    code = main(["run", str(REPO / "configs" / "digits.yaml"), "--set", f"output={tmp_path}/o",
+                 "--set", f"input.url={data}", "--set", f"model.path={tiny_prior}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "input shard '000001.tar' is not a readable tar" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["demo", "--help"]])
