@@ -59,6 +59,19 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    from benchmarks.quality import BenchSettings, markdown_tables, run_quality
+
+    settings = BenchSettings.quick() if args.quick else \
+        BenchSettings.full(ablations=not args.no_ablations)
+    started = time.time()
+    results = run_quality(args.out, settings, progress=not args.quiet)
+    print(markdown_tables(results))
+    print(f"results: {args.out}/results.json, results.md, accuracy_vs_size.png "
+          f"({time.time() - started:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="dsco", description="DsCo dataset concentration.")
@@ -91,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("--steps", type=int, help="training steps (default: the tuned default)")
     prior.add_argument("--seed", type=int, default=0)
     prior.set_defaults(func=_cmd_train_prior)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench",
+                                                                        required=True)
+    quality = bench.add_parser("quality", help="DsCo vs every baseline on digits")
+    quality.add_argument("--out", required=True)
+    quality.add_argument("--quick", action="store_true",
+                         help="CI smoke: IPC 10, one seed, a tiny prior, a few iterations")
+    quality.add_argument("--no-ablations", action="store_true")
+    quality.set_defaults(func=_cmd_bench_quality)
     return parser
 
 

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from cluster.driver import JobResult, run_job
 from pipeline.config import JobConfig, load_config
 from pipeline.datasets import read_dataset
 from pipeline.digits import prepare_digits
 from pipeline.evaluation import evaluate_set
-from pipeline.images import decode_image
 from pipeline.prior import PRIOR_META
 from pipeline.prior_training import PriorTrainingConfig, train_prior
-from pipeline.reader import iter_samples
+from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_json
 
 SEEDS = [0, 1, 2]
@@ -53,16 +50,6 @@ def baseline_configs(cfg: JobConfig, out: str, overrides: list[str]) -> dict[str
                                                        "doping.selector=random"])}
 
 
-def load_run_samples(run_url: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of a committed run, read back through its index."""
-    images, labels = [], []
-    for sample in iter_samples(run_url):
-        ext = next(k for k in sample if k in ("png", "jpg", "jpeg", "webp"))
-        images.append(decode_image(sample[ext], sample["__key__"]))
-        labels.append(int(sample["cls"]))
-    return np.stack(images), np.array(labels)
-
-
 def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: bool = False,
              shard_size: int = 1000, progress: bool = True, overrides: list[str] | None = None,
              prior_cfg: PriorTrainingConfig = PriorTrainingConfig()) -> dict:
@@ -88,7 +75,7 @@ def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: b
     test = read_dataset(join(out, "data", "test"), "webdataset")
     table = []
     for name in ("DsCo", *baseline_names):
-        images, labels = load_run_samples(runs[name].run_url)
+        images, labels = load_run_images(runs[name].run_url)
         table.append({"method": name, "run_id": runs[name].run_id, "samples": len(labels),
                       **evaluate_set(images, labels, test.images, test.labels,
                                      len(test.class_names), SEEDS)})

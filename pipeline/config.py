@@ -36,6 +36,11 @@ class SizeConfig:
     ipc: int | None = 10
     fraction: float | None = None
     doping_fraction: float = 0.0  # share of each class's budget filled with selected real images
+    # The volume planner: a class whose budget exceeds ``crossover_ipc`` gets no synthetic core
+    # (real samples are worth more per slot there); ``synthetic_cap`` instead caps the core
+    # explicitly. See docs/method.md for the measurement behind the default.
+    crossover_ipc: int | None = 20
+    synthetic_cap: int | None = None
 
 
 @dataclass
@@ -192,6 +197,10 @@ def validate(cfg: JobConfig) -> None:
              f"size.fraction must be in (0, 1], got {size.fraction}.")
     _require(0 <= size.doping_fraction <= 1,
              f"size.doping_fraction must be in [0, 1], got {size.doping_fraction}.")
+    _require(size.synthetic_cap is None or size.synthetic_cap >= 0,
+             f"size.synthetic_cap must be >= 0 or null, got {size.synthetic_cap}.")
+    _require(size.crossover_ipc is None or size.crossover_ipc >= 0,
+             f"size.crossover_ipc must be >= 0 or null, got {size.crossover_ipc}.")
     needs_data = not nopt.data_free or size.doping_fraction > 0 or size.fraction is not None
     _require(not needs_data or bool(cfg.input.url),
              "config key 'input.url' is empty, but this job needs the real data (NOpt with "

@@ -47,9 +47,10 @@ ARCHITECTURES = {"convnet": ConvNet, "mlp": MLP}
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """One fixed recipe for every method, so comparisons are fair."""
+    """One fixed recipe for every method, so comparisons are fair: a fixed number of optimizer
+    steps (full passes over sets smaller than a batch), cosine-decayed."""
 
-    epochs: int = 300
+    steps: int = 300
     batch_size: int = 256
     learning_rate: float = 1e-2
     weight_decay: float = 5e-4
@@ -71,20 +72,23 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
     x = to_model_space(images)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     model = ARCHITECTURES[arch](x.shape[1], num_classes, x.shape[2])
-    steps_per_epoch = max(1, -(-len(x) // recipe.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
                             weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
     model.train()
-    for _ in range(recipe.epochs):
+    step = 0
+    while step < recipe.steps:
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), recipe.batch_size):
+            if step == recipe.steps:
+                break
             idx = order[start:start + recipe.batch_size]
             loss = F.cross_entropy(model(_augment(x[idx], recipe.augment_shift, gen)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
     return model.eval()
 
 

@@ -53,13 +53,21 @@ def class_budgets(cfg: JobConfig, class_sizes: list[int]) -> list[ClassBudget]:
     """Split each class's budget into a synthetic core and a real remainder.
 
     ``class_sizes`` are the real sample counts per class (all zero in pure data-free mode).
-    The real part never exceeds what the class has.
+    First ``doping_fraction`` of the budget goes to real samples; then the synthetic core is
+    capped by ``synthetic_cap`` if set, else dropped to zero when the budget exceeds
+    ``crossover_ipc``. The real part never exceeds what the class has; whatever it cannot
+    fill stays synthetic, so the budget always holds (pure data-free runs are all synthetic).
     """
+    size = cfg.size
     budgets = []
     for label, available in enumerate(class_sizes):
-        total = cfg.size.ipc if cfg.size.ipc is not None else \
-            max(1, round(cfg.size.fraction * available))
-        real = min(round(cfg.size.doping_fraction * total), available)
+        total = size.ipc if size.ipc is not None else max(1, round(size.fraction * available))
+        synthetic = total - round(size.doping_fraction * total)
+        if size.synthetic_cap is not None:
+            synthetic = min(synthetic, size.synthetic_cap)
+        elif size.crossover_ipc is not None and total > size.crossover_ipc:
+            synthetic = 0
+        real = min(total - synthetic, available)
         budgets.append(ClassBudget(label, total - real, real))
     return budgets
 

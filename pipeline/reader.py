@@ -6,7 +6,11 @@ import io
 import tarfile
 from typing import Iterator
 
+import numpy as np
+
+from pipeline.datasets import IMAGE_EXTENSIONS
 from pipeline.errors import DscoError
+from pipeline.images import decode_image
 from pipeline.storage import join, read_bytes, read_json
 
 
@@ -46,3 +50,13 @@ def samples_in_tar(data: bytes) -> Iterator[dict]:
             current[ext] = tar.extractfile(member).read()
     if current:
         yield current
+
+
+def load_run_images(run_url: str) -> tuple[np.ndarray, np.ndarray]:
+    """All images (uint8 [N, H, W, C]) and labels of a run, read through its index."""
+    images, labels = [], []
+    for sample in iter_samples(run_url):
+        ext = next(k for k in sample if k in IMAGE_EXTENSIONS)
+        images.append(decode_image(sample[ext], sample["__key__"]))
+        labels.append(int(sample["cls"]))
+    return np.stack(images), np.array(labels)

@@ -8,6 +8,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.datasets import IMAGE_EXTENSIONS
 from pipeline.index import RunIndex
 from pipeline.planning import Plan, WorkUnit
 from pipeline.reader import samples_in_tar, verified_shard
@@ -89,7 +90,7 @@ class RunWriter:
                 break
             for sample in samples_in_tar(verified_shard(self.run_url, entry)):
                 label = int(sample["cls"])
-                image = next(v for k, v in sample.items() if k in ("png", "jpg", "jpeg", "webp"))
+                image = next(v for k, v in sample.items() if k in IMAGE_EXTENSIONS)
                 if len(rows[label]) < GRID_COLUMNS:
                     rows[label].append(image)
         return rows

@@ -24,3 +24,21 @@ def test_units_get_consecutive_fixed_shard_ranges():
     assert [u.labels for u in plan.units] == [[0, 1], [2, 3], [4]]
     assert [(u.first_shard, u.num_shards) for u in plan.units] == [(0, 3), (3, 3), (6, 2)]
     assert plan.num_samples == 25 and plan.num_shards == 8
+
+
+def test_planner_drops_the_synthetic_core_above_the_crossover():
+    cfg = load_config(None, BASE + ["size.ipc=30", "size.crossover_ipc=20"])
+    assert [(b.synthetic, b.real) for b in class_budgets(cfg, [100])] == [(0, 30)]
+    cfg = load_config(None, BASE + ["size.ipc=20", "size.crossover_ipc=20"])
+    assert [(b.synthetic, b.real) for b in class_budgets(cfg, [100])] == [(20, 0)]
+
+
+def test_explicit_synthetic_cap_wins_over_the_crossover():
+    cfg = load_config(None, BASE + ["size.ipc=null", "size.fraction=0.5",
+                                    "size.synthetic_cap=10"])
+    assert [(b.synthetic, b.real) for b in class_budgets(cfg, [144, 10])] == [(10, 62), (5, 0)]
+
+
+def test_data_free_keeps_its_synthetic_core_at_any_size():
+    cfg = load_config(None, ["output=o", "model.path=m", "nopt.data_free=true", "size.ipc=50"])
+    assert [(b.synthetic, b.real) for b in class_budgets(cfg, [0, 0])] == [(50, 0), (50, 0)]

@@ -1,0 +1,190 @@
+"""`dsco bench quality`: DsCo against every baseline on digits, through the real pipeline.
+
+Every set is built by the same job as `dsco run` (run_job, WebDataset output, read back through
+its index), then classifiers are trained from scratch on it alone and tested on the digits test
+split: two architectures (ConvNet, MLP), several seeds, one training recipe for all.
+Results are cached per cell in results.json, so an interrupted benchmark resumes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cluster.demo import ensure_prior
+from cluster.driver import run_job
+from pipeline.config import load_config
+from pipeline.datasets import read_dataset
+from pipeline.digits import prepare_digits
+from pipeline.evaluation import evaluate_set
+from pipeline.prior_training import PriorTrainingConfig
+from pipeline.reader import load_run_images
+from pipeline.storage import join, read_json, write_bytes, write_json
+
+ARCHS = ("convnet", "mlp")
+SIZES = {"IPC 1": ["size.ipc=1"], "IPC 10": ["size.ipc=10"], "IPC 50": ["size.ipc=50"],
+         "20%": ["size.ipc=null", "size.fraction=0.2"],
+         "50%": ["size.ipc=null", "size.fraction=0.5"]}
+REAL = ["size.doping_fraction=1.0"]
+METHODS = {
+    "DsCo": [],
+    "DsCo data-free": ["nopt.data_free=true"],
+    "plain sampling": ["nopt.iterations=0", "size.crossover_ipc=null"],
+    "random real": REAL + ["doping.selector=random"],
+    "herding": REAL + ["doping.selector=herding"],
+    "k-center": REAL + ["doping.selector=kcenter"],
+    "facility location": REAL + ["doping.selector=facility_location"],
+}
+FULL = ["size.ipc=null", "size.fraction=1.0", *REAL, "doping.selector=random"]
+# Data-free is defined by a per-class image count; at a fraction of the data it is not.
+SKIP = {("DsCo data-free", "20%"), ("DsCo data-free", "50%")}
+ABLATIONS = {  # name -> (size, overrides on top of DsCo)
+    "T=25": ("IPC 10", ["nopt.iterations=25"]),
+    "T=50": ("IPC 10", ["nopt.iterations=50"]),
+    "T=200": ("IPC 10", ["nopt.iterations=200"]),
+    "K=5": ("IPC 10", ["nopt.ddim_steps=5"]),
+    "K=20": ("IPC 10", ["nopt.ddim_steps=20"]),
+    "lambda=0": ("IPC 10", ["nopt.prior_weight=0"]),
+    "lambda=0.5": ("IPC 10", ["nopt.prior_weight=0.5"]),
+    "phi=pixels": ("IPC 10", ["nopt.feature_map=pixels"]),
+    "guidance=2": ("IPC 10", ["nopt.guidance=2.0"]),
+    "IPC 50, core 10 + facility location": ("IPC 50", ["size.synthetic_cap=10"]),
+    "IPC 50, core 10 + herding": ("IPC 50", ["size.synthetic_cap=10", "doping.selector=herding"]),
+    "IPC 50, core 10 + k-center": ("IPC 50", ["size.synthetic_cap=10", "doping.selector=kcenter"]),
+    "IPC 50, core 10 + random": ("IPC 50", ["size.synthetic_cap=10", "doping.selector=random"]),
+    "20%, core 10": ("20%", ["size.synthetic_cap=10"]),
+    "50%, core 10": ("50%", ["size.synthetic_cap=10"]),
+    "50%, core 20": ("50%", ["size.synthetic_cap=20"]),
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What a benchmark run covers; ``quick`` is the CI smoke test."""
+
+    sizes: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    ablations: tuple[str, ...]
+    prior: PriorTrainingConfig
+    job_overrides: tuple[str, ...] = ()
+    include_full: bool = True
+
+    @classmethod
+    def full(cls, ablations: bool = True) -> "BenchSettings":
+        return cls(tuple(SIZES), tuple(METHODS), (0, 1, 2, 3, 4),
+                   tuple(ABLATIONS) if ablations else (), PriorTrainingConfig())
+
+    @classmethod
+    def quick(cls) -> "BenchSettings":
+        return cls(("IPC 10",), ("DsCo", "plain sampling", "random real"), (0,), (),
+                   PriorTrainingConfig(steps=150, batch_size=64, channels=(8, 16)),
+                   ("nopt.iterations=5", "nopt.ddim_steps=4"), include_full=False)
+
+
+def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dict:
+    """Build and evaluate every cell; returns (and saves) the results."""
+    prepare_digits(join(out, "data"))
+    ensure_prior(out, settings.prior, progress)
+    test = read_dataset(join(out, "data", "test"), "webdataset")
+    results_url = join(out, "results.json")
+    results = read_json(results_url) or {"cells": {}}
+    results["settings"] = {"seeds": list(settings.seeds), "architectures": list(ARCHS),
+                           "job_overrides": list(settings.job_overrides)}
+    cells = [(m, s, METHODS[m]) for s in settings.sizes for m in settings.methods
+             if (m, s) not in SKIP]
+    cells += [(f"ablation: {a}", ABLATIONS[a][0], ABLATIONS[a][1]) for a in settings.ablations]
+    if settings.include_full:
+        cells.append(("full train set", "100%", FULL))
+    for method, size, overrides in cells:
+        cfg = load_config(None, [
+            f"output={join(out, 'runs')}", f"input.url={join(out, 'data', 'train')}",
+            f"model.path={os.path.join(out, 'prior')}", *SIZES.get(size, []), *overrides,
+            *settings.job_overrides])
+        started = time.time()
+        job = run_job(cfg, progress=progress)
+        key = f"{method} @ {size}"
+        cached = results["cells"].get(key)
+        if cached and cached["run_id"] == job.run_id and cached["seeds"] == list(settings.seeds):
+            continue
+        images, labels = load_run_images(job.run_url)
+        build_seconds = time.time() - started
+        row = {"method": method, "size": size, "run_id": job.run_id, "images": len(labels),
+               "synthetic": job.metrics.get("synthetic"), "real": job.metrics.get("real"),
+               "seeds": list(settings.seeds), "build_seconds": round(build_seconds, 1)}
+        for arch in ARCHS:
+            row[arch] = evaluate_set(images, labels, test.images, test.labels,
+                                     len(test.class_names), list(settings.seeds), arch)
+        row["mean_of_archs"] = float(np.mean([row[a]["mean"] for a in ARCHS]))
+        results["cells"][key] = row
+        write_json(results_url, results)
+        if progress:
+            print(f"{key}: {row['images']} images, " + ", ".join(
+                f"{a} {row[a]['mean']:.2f} +- {row[a]['std']:.2f}" for a in ARCHS))
+    write_bytes(join(out, "results.md"), markdown_tables(results).encode())
+    write_bytes(join(out, "accuracy_vs_size.png"), plot(results))
+    return results
+
+
+def markdown_tables(results: dict) -> str:
+    """The main table (method x size) and the ablation table, mean +- std per architecture."""
+    cells = results["cells"]
+
+    def fmt(row: dict | None) -> str:
+        if row is None:
+            return "-"
+        return " / ".join(f"{row[a]['mean']:.1f} ± {row[a]['std']:.1f}" for a in ARCHS)
+
+    sizes = [s for s in SIZES if any(r["size"] == s for r in cells.values())]
+    lines = [f"Accuracy (%) on the digits test split, {' / '.join(ARCHS)}, mean ± std over "
+             f"seeds {results['settings']['seeds']}.", "",
+             "| method | " + " | ".join(sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for method in METHODS:
+        if any(r["method"] == method for r in cells.values()):
+            lines.append(f"| {method} | " + " | ".join(
+                fmt(cells.get(f"{method} @ {s}")) for s in sizes) + " |")
+    if "full train set @ 100%" in cells:
+        full = cells["full train set @ 100%"]
+        lines.append(f"| full train set ({full['images']} images) | " + " | ".join(
+            fmt(full) for _ in sizes) + " |")
+    ablations = [r for r in cells.values() if r["method"].startswith("ablation: ")]
+    if ablations:
+        lines += ["", "Ablations (DsCo with one setting changed):", "",
+                  "| setting | size | images (synthetic + real) | accuracy |", "|---|---|---|---|"]
+        for r in ablations:
+            lines.append(f"| {r['method'][len('ablation: '):]} | {r['size']} | {r['images']} "
+                         f"({r['synthetic']} + {r['real']}) | {fmt(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict) -> bytes:
+    """PNG: accuracy (mean of architectures) against images in the set, one line per method."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cells = results["cells"].values()
+    for method in METHODS:
+        rows = sorted((r for r in cells if r["method"] == method), key=lambda r: r["images"])
+        if rows:
+            ax.plot([r["images"] for r in rows], [r["mean_of_archs"] for r in rows], "o-",
+                    label=method)
+    full = results["cells"].get("full train set @ 100%")
+    if full:
+        ax.axhline(full["mean_of_archs"], color="k", ls="--", label="full train set")
+    ax.set_xscale("log")
+    ax.set_xlabel("images in the concentrated set")
+    ax.set_ylabel(f"test accuracy (%), mean of {', '.join(ARCHS)}")
+    ax.set_title("digits: accuracy against set size")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
