@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("--seed", type=int, default=0)
     prior.set_defaults(func=_cmd_train_prior)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench",
-                                                                        required=True)
+    bench_parser = sub.add_parser("bench", help="benchmarks")
+    bench = bench_parser.add_subparsers(dest="bench", required=True)
     quality = bench.add_parser("quality", help="DsCo vs every baseline on digits")
     quality.add_argument("--out", required=True)
     quality.add_argument("--quick", action="store_true",
