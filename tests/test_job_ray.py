@@ -145,3 +145,17 @@ def test_run_to_s3_on_moto(ray_local, moto_env, tiny_prior, digits_dir):
     result = run_job(cfg, progress=False)
     assert result.run_url.startswith("s3://jobs/digits/")
     assert read_index(result.run_url)["complete"]
+
+
+def test_noise_optimizer_reports_where_it_runs(ray_local, tiny_prior):
+    import ray
+
+    from actors.noise_optimizer import NoiseOptimizer
+    from pipeline.config import NoptConfig
+
+    actor = NoiseOptimizer.options(num_cpus=1).remote(str(tiny_prior), NoptConfig(), 0,
+                                                      [str(i) for i in range(10)], 1)
+    placement = ray.get(actor.placement.remote())
+    assert placement["gpu_ids"] == [] and placement["device"] == "cpu"
+    assert placement["model_device"] == "cpu" and placement["node_id"]
+    ray.kill(actor)
