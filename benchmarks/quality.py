@@ -147,8 +147,7 @@ def markdown_tables(results: dict) -> str:
                 fmt(cells.get(f"{method} @ {s}")) for s in sizes) + " |")
     if "full train set @ 100%" in cells:
         full = cells["full train set @ 100%"]
-        lines.append(f"| full train set ({full['images']} images) | " + " | ".join(
-            fmt(full) for _ in sizes) + " |")
+        lines += ["", f"Full train set ({full['images']} images): {fmt(full)}."]
     ablations = [r for r in cells.values() if r["method"].startswith("ablation: ")]
     if ablations:
         lines += ["", "Ablations (DsCo with one setting changed):", "",
