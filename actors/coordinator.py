@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ray
 
-from pipeline.planning import Plan, WorkUnit
+from pipeline.planning import WorkUnit
 from pipeline.samples import UnitOutput
 from pipeline.writer import RunWriter
 
@@ -27,5 +27,5 @@ class Coordinator:
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
             return {"unit_id": unit.unit_id, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
-    def finalize(self, plan: Plan, class_names: list[str], started: float) -> dict:
-        return self.writer.finalize(plan, class_names, started)
+    def finalize(self, class_names: list[str], started: float) -> dict:
+        return self.writer.finalize(class_names, started)

@@ -40,13 +40,9 @@ class JobResult:
     metrics: dict = field(default_factory=dict)
 
 
-def uses_real_data(cfg: JobConfig) -> bool:
-    return not cfg.nopt.data_free or cfg.size.doping_fraction > 0 or cfg.size.fraction is not None
-
-
 def fingerprint(cfg: JobConfig) -> str:
     """The run_id of ``cfg`` (reads the input listing and hashes the model files)."""
-    listing = list_input(cfg.input.url, cfg.input.layout) if uses_real_data(cfg) else []
+    listing = list_input(cfg.input.url, cfg.input.layout) if cfg.uses_real_data() else []
     return compute_run_id(cfg, listing, model_fingerprint(cfg.model.path, cfg.model.revision))
 
 
@@ -63,7 +59,7 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     connect(address)
     coordinator = Coordinator.options(**io_actor_options()).remote(cfg.output, rid, cfg.to_dict())
     selector = None
-    if uses_real_data(cfg):
+    if cfg.uses_real_data():
         selector = DopingSelector.options(**io_actor_options()).remote(
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"))
         summary = _get_or_raise_input_error(selector.prepare.remote())
@@ -79,7 +75,7 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]
     _run_units(cfg, todo, coordinator, selector, class_names, progress)
-    metrics = ray.get(coordinator.finalize.remote(plan, class_names, started))
+    metrics = ray.get(coordinator.finalize.remote(class_names, started))
     return JobResult(rid, run_url, "complete", metrics)
 
 

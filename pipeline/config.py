@@ -101,6 +101,11 @@ class JobConfig:
     write: WriteConfig = field(default_factory=WriteConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
+    def uses_real_data(self) -> bool:
+        """True unless the job is pure data-free (NOpt without data, no doping, an IPC size)."""
+        return (not self.nopt.data_free or self.size.doping_fraction > 0
+                or self.size.fraction is not None)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every setting (the config holds no secrets by construction)."""
         return dataclasses.asdict(self)
@@ -201,8 +206,7 @@ def validate(cfg: JobConfig) -> None:
              f"size.synthetic_cap must be >= 0 or null, got {size.synthetic_cap}.")
     _require(size.crossover_ipc is None or size.crossover_ipc >= 0,
              f"size.crossover_ipc must be >= 0 or null, got {size.crossover_ipc}.")
-    needs_data = not nopt.data_free or size.doping_fraction > 0 or size.fraction is not None
-    _require(not needs_data or bool(cfg.input.url),
+    _require(not cfg.uses_real_data() or bool(cfg.input.url),
              "config key 'input.url' is empty, but this job needs the real data (NOpt with "
              "data, doping or a size fraction); set it, or use nopt.data_free: true with "
              "size.ipc and size.doping_fraction: 0.")

@@ -88,13 +88,14 @@ def read_dataset(url: str, layout: str) -> LabelledImages:
     else:
         folders = sorted({f.path.split("/", 1)[0] for f in files if f.path != "classes.json"})
         names = folders
+        class_id = {name: i for i, name in enumerate(folders)}
         for f in files:
             if f.path == "classes.json":
                 continue
             folder, filename = f.path.split("/", 1)
             data = with_retries(f"read {f.path}", lambda p=f.path: fs.cat_file(f"{root}/{p}"))
             stem, ext = filename.rsplit(".", 1)
-            samples.append((f"{folder}/{stem}", folders.index(folder), data, ext.lower()))
+            samples.append((f"{folder}/{stem}", class_id[folder], data, ext.lower()))
     return _decode_all(samples, names, url, files)
 
 

@@ -52,11 +52,15 @@ def samples_in_tar(data: bytes) -> Iterator[dict]:
         yield current
 
 
+def image_of(sample: dict) -> bytes:
+    """The encoded image of a sample dict (whichever image extension it carries)."""
+    return next(v for k, v in sample.items() if k in IMAGE_EXTENSIONS)
+
+
 def load_run_images(run_url: str) -> tuple[np.ndarray, np.ndarray]:
     """All images (uint8 [N, H, W, C]) and labels of a run, read through its index."""
     images, labels = [], []
     for sample in iter_samples(run_url):
-        ext = next(k for k in sample if k in IMAGE_EXTENSIONS)
-        images.append(decode_image(sample[ext], sample["__key__"]))
+        images.append(decode_image(image_of(sample), sample["__key__"]))
         labels.append(int(sample["cls"]))
     return np.stack(images), np.array(labels)

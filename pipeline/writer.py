@@ -8,10 +8,9 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.datasets import IMAGE_EXTENSIONS
 from pipeline.index import RunIndex
-from pipeline.planning import Plan, WorkUnit
-from pipeline.reader import samples_in_tar, verified_shard
+from pipeline.planning import WorkUnit
+from pipeline.reader import image_of, samples_in_tar, verified_shard
 from pipeline.report import GRID_COLUMNS, write_report
 from pipeline.samples import UnitOutput
 from pipeline.shards import write_shard
@@ -46,7 +45,7 @@ class RunWriter:
         generation = self.index.commit_unit(unit.unit_id, entries, output.metrics)
         return {"unit_id": unit.unit_id, "shards": len(entries), "generation": generation}
 
-    def finalize(self, plan: Plan, class_names: list[str], started: float) -> dict:
+    def finalize(self, class_names: list[str], started: float) -> dict:
         """Write samples.parquet and the report, mark the index complete, move latest.json."""
         rows = []
         for entry in self.index.data["shards"]:
@@ -90,7 +89,6 @@ class RunWriter:
                 break
             for sample in samples_in_tar(verified_shard(self.run_url, entry)):
                 label = int(sample["cls"])
-                image = next(v for k, v in sample.items() if k in IMAGE_EXTENSIONS)
                 if len(rows[label]) < GRID_COLUMNS:
-                    rows[label].append(image)
+                    rows[label].append(image_of(sample))
         return rows

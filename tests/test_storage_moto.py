@@ -24,7 +24,7 @@ def test_bytes_and_json_round_trip(moto_env):
 def test_a_whole_run_on_s3(moto_env):
     bucket = s3_bucket(moto_env, "runs")
     writer, plan = write_run(join(bucket, "prefix"))
-    writer.finalize(plan, [str(i) for i in range(5)], started=0.0)
+    writer.finalize([str(i) for i in range(5)], started=0.0)
     run_url = join(bucket, "prefix", "run1")
     assert read_index(run_url)["complete"]
     assert len(list(iter_samples(run_url))) == plan.num_samples

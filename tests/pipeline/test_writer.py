@@ -49,7 +49,7 @@ def write_run(output: str):
 @pytest.fixture
 def finished_run(tmp_path):
     writer, plan = write_run(str(tmp_path))
-    writer.finalize(plan, [str(i) for i in range(5)], started=0.0)
+    writer.finalize([str(i) for i in range(5)], started=0.0)
     return join(str(tmp_path), "run1"), plan
 
 
