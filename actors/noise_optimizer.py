@@ -10,7 +10,7 @@ from ray.experimental import tqdm_ray
 from actors.failures import failed_unit
 from pipeline.config import NoptConfig
 from pipeline.planning import WorkUnit
-from pipeline.synthesize import NoiseOptimizerStage, torch_device_for
+from pipeline.synthesize import NoiseOptimizerStage, assigned_device, torch_device_for
 
 
 @ray.remote
@@ -21,6 +21,7 @@ class NoiseOptimizer:
                  threads: int):
         torch.set_num_threads(threads)
         self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+        self.assigned_device = assigned_device(self.gpu_ids)
         self.device = torch_device_for(self.gpu_ids)
         self.stage = NoiseOptimizerStage(model_path, cfg, seed, class_names, self.device)
 
@@ -28,7 +29,8 @@ class NoiseOptimizer:
         """Where this actor runs: node, assigned GPU ids, visible devices and torch device."""
         return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": self.gpu_ids,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "device": self.device, "model_device": str(self.stage.backend.device)}
+                "assigned_device": self.assigned_device, "device": self.device,
+                "model_device": str(self.stage.backend.device)}
 
     @ray.method(num_returns=2)
     def run(self, unit: WorkUnit, references):
@@ -43,4 +45,5 @@ class NoiseOptimizer:
             output = failed_unit(unit.unit_id, exc)
         if bar is not None:
             bar.close()
-        return {"unit_id": unit.unit_id, "ok": output.ok, "error": output.error}, output
+        return {"unit_id": unit.unit_id, "ok": output.ok, "error": output.error,
+                "node_id": ray.get_runtime_context().get_node_id()}, output

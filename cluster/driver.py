@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from actors.coordinator import Coordinator
 from actors.doping_selector import DopingSelector
 from actors.noise_optimizer import NoiseOptimizer
-from cluster.resources import connect, io_actor_options, optimizer_shape
+from cluster.actor_pool import ActorsCannotStart, OptimizerPool
+from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import JobConfig
 from pipeline.datasets import list_input
 from pipeline.errors import DscoError
@@ -38,6 +39,7 @@ class JobResult:
     run_url: str
     status: str  # "complete" | "up to date"
     metrics: dict = field(default_factory=dict)
+    units_by_node: dict = field(default_factory=dict)  # node id -> units optimised there
 
 
 def fingerprint(cfg: JobConfig) -> str:
@@ -57,10 +59,11 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
         return JobResult(rid, run_url, "up to date",
                          read_json(join(run_url, "report", "metrics.json")) or {})
     connect(address)
-    coordinator = Coordinator.options(**io_actor_options()).remote(cfg.output, rid, cfg.to_dict())
+    io_options = io_actor_options(head_node_id())
+    coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     selector = None
     if cfg.uses_real_data():
-        selector = DopingSelector.options(**io_actor_options()).remote(
+        selector = DopingSelector.options(**io_options).remote(
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"))
         summary = _get_or_raise_input_error(selector.prepare.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
@@ -74,9 +77,9 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     plan = make_plan(cfg, class_sizes)
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]
-    _run_units(cfg, todo, coordinator, selector, class_names, progress)
+    by_node = _run_units(cfg, todo, coordinator, selector, class_names, progress)
     metrics = ray.get(coordinator.finalize.remote(class_names, started))
-    return JobResult(rid, run_url, "complete", metrics)
+    return JobResult(rid, run_url, "complete", metrics, dict(by_node))
 
 
 def _get_or_raise_input_error(ref):
@@ -91,17 +94,20 @@ def _get_or_raise_input_error(ref):
 
 
 def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
-               class_names: list[str], progress: bool) -> None:
-    """Give units to free actors until all are committed or failed for good."""
+               class_names: list[str], progress: bool) -> Counter:
+    """Give units to free actors until all are committed or failed for good; return how many
+    units each node optimised."""
+    by_node: Counter = Counter()
     if not units:
-        return
-    shape = optimizer_shape(cfg.execution, ray.cluster_resources(), len(units))
+        return by_node
 
-    def new_actor():
+    def start_actor(shape):
         return NoiseOptimizer.options(**shape.options()).remote(
             cfg.model.path, cfg.nopt, cfg.seed, class_names, shape.threads)
 
-    idle = [new_actor() for _ in range(shape.count)]
+    pool = OptimizerPool(
+        lambda remaining: optimizer_shape(cfg.execution, ray.cluster_resources(), remaining),
+        start_actor)
     pending = deque(units)
     running: dict = {}  # status ref -> (actor, unit)
     writing: dict = {}  # commit ref -> unit
@@ -109,43 +115,69 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     failed: dict[int, str] = {}
     optimised = tqdm(total=len(units), desc="units optimised", unit="unit", disable=not progress)
     written = tqdm(total=len(units), desc="units written", unit="unit", disable=not progress)
-    while pending or running or writing:
-        while idle and pending:
-            actor, unit = idle.pop(), pending.popleft()
-            status, output = actor.run.remote(unit, _references(selector, unit, cfg))
-            if selector is not None and any(b.real for b in unit.budgets):
-                output = selector.dope.remote(unit, output)
-            running[status] = (actor, unit)
-            writing[coordinator.write_unit.remote(unit, output)] = unit
-        [ref], _ = ray.wait(list(running) + list(writing), num_returns=1)
-        if ref in running:
-            actor, unit = running.pop(ref)
+    try:
+        while pending or running or writing:
+            pool.top_up(len(pending) + len(running))
+            while pool.has_idle() and pending:
+                actor, unit = pool.lend(), pending.popleft()
+                status, output = actor.run.remote(unit, _references(selector, unit, cfg))
+                if selector is not None and any(b.real for b in unit.budgets):
+                    output = selector.dope.remote(unit, output)
+                running[status] = (actor, unit)
+                writing[coordinator.write_unit.remote(unit, output)] = unit
+            ready, _ = ray.wait(list(running) + list(writing) + pool.starting_refs(),
+                                num_returns=1, timeout=pool.refresh_s)
+            if not ready or pool.on_ready(ready[0]):
+                continue
+            ref = ready[0]
+            if ref in running:
+                actor, unit = running.pop(ref)
+                try:
+                    status = ray.get(ref)
+                    optimised.update(int(status["ok"]))
+                    by_node[status["node_id"]] += int(status["ok"])
+                    pool.give_back(actor)
+                except RayActorError:
+                    pool.drop()  # the unit's commit fails too and is retried elsewhere
+                continue
+            unit = writing.pop(ref)
             try:
-                optimised.update(int(ray.get(ref)["ok"]))
-                idle.append(actor)
-            except RayActorError:
-                idle.append(new_actor())  # the unit's commit fails too and is retried there
-            continue
-        unit = writing.pop(ref)
-        try:
-            result = ray.get(ref)
-        except RayError as exc:
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        if result["ok"]:
-            written.update(1)
-            continue
-        attempts[unit.unit_id] += 1
-        if attempts[unit.unit_id] <= cfg.execution.max_retries:
-            pending.append(unit)
-        else:
-            failed[unit.unit_id] = result["error"]
-    optimised.close()
-    written.close()
+                result = ray.get(ref)
+            except RayError as exc:
+                if isinstance(exc, RayActorError):
+                    _require_alive(coordinator, selector)
+                result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            if result["ok"]:
+                written.update(1)
+                continue
+            attempts[unit.unit_id] += 1
+            if attempts[unit.unit_id] <= cfg.execution.max_retries:
+                pending.append(unit)
+            else:
+                failed[unit.unit_id] = result["error"]
+    except ActorsCannotStart as exc:
+        raise JobFailed(f"{exc}. Committed units are kept; fix the cause and rerun the same "
+                        "command to resume.") from None
+    finally:
+        pool.shutdown()
+        optimised.close()
+        written.close()
     if failed:
         details = "; ".join(f"unit {u}: {e.splitlines()[0]}" for u, e in sorted(failed.items()))
         raise JobFailed(f"{len(failed)} work unit(s) failed after "
                         f"{cfg.execution.max_retries} retries: {details}. Committed units are "
                         "kept; rerun the same command to resume.")
+    return by_node
+
+
+def _require_alive(*io_actors) -> None:
+    """Raise JobFailed if the Coordinator or DopingSelector died: no retry can succeed then."""
+    for actor in filter(None, io_actors):
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=60)
+        except RayError as exc:
+            raise JobFailed(f"an I/O actor of the job died ({type(exc).__name__}); committed "
+                            "units are kept: rerun the same command to resume.") from None
 
 
 def _references(selector, unit: WorkUnit, cfg: JobConfig):

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import ExecutionConfig
 
@@ -30,11 +31,27 @@ STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_
                     "GOOGLE_APPLICATION_CREDENTIALS")
 
 
-def io_actor_options() -> dict:
+def head_node_id() -> str | None:
+    """The id of the cluster's head node (None if Ray does not say which it is)."""
+    for node in ray.nodes():
+        if node["Alive"] and HEAD_NODE_RESOURCE in node["Resources"]:
+            return node["NodeID"]
+    return None
+
+
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def io_actor_options(node_id: str | None = None) -> dict:
     """Options for the Coordinator and DopingSelector: no CPU reservation (they mostly wait on
-    storage, and must not starve the optimisers), no GPU, and the driver's storage settings."""
+    storage, and must not starve the optimisers), no GPU, the driver's storage settings, and
+    (given ``node_id``, the head's) a soft pin there, so that losing a worker node never takes
+    them down: the head lives as long as the cluster."""
     env = {k: os.environ[k] for k in STORAGE_ENV_VARS if k in os.environ}
-    return {"num_cpus": 0, "num_gpus": 0, "runtime_env": {"env_vars": env}}
+    options = {"num_cpus": 0, "num_gpus": 0, "runtime_env": {"env_vars": env}}
+    if node_id:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+    return options
 
 
 @dataclass(frozen=True)
@@ -53,10 +70,13 @@ class ActorShape:
 
 
 def optimizer_shape(cfg: ExecutionConfig, cluster: dict[str, float], units: int) -> ActorShape:
-    """One actor per GPU (or per ``gpus_per_actor`` share) when the cluster has GPUs, else one
-    per ``cpus_per_actor`` CPUs; never more actors than work units."""
+    """One actor per GPU (or per ``gpus_per_actor`` share) when GPUs are used, else one per
+    ``cpus_per_actor`` CPUs; never more actors than work units.
+
+    GPUs are used when ``cfg.accelerator`` is ``gpu``, or ``auto`` and the cluster has some now.
+    """
     gpus = cluster.get("GPU", 0.0)
-    if gpus > 0:
+    if cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and gpus > 0):
         fit = int(gpus / cfg.gpus_per_actor)
         shape = ActorShape(cfg.actors or fit, 1, cfg.gpus_per_actor, cfg.cpus_per_actor)
     else:

@@ -82,7 +82,8 @@ class ExecutionConfig:
 
     classes_per_unit: int = 5
     max_retries: int = 2
-    actors: int = 0  # 0: one per GPU, or per CPU on a CPU-only cluster
+    actors: int = 0  # 0: as many as the cluster fits now, growing as nodes join
+    accelerator: str = "auto"  # auto: GPUs when the cluster has any; gpu; cpu
     cpus_per_actor: int = 1
     gpus_per_actor: float = 1.0
 
@@ -112,6 +113,7 @@ class JobConfig:
 
 
 SELECTORS = ("facility_location", "herding", "kcenter", "random")
+ACCELERATORS = ("auto", "gpu", "cpu")
 
 
 def load_config(path: str | None, overrides: list[str] | None = None,
@@ -230,6 +232,9 @@ def validate(cfg: JobConfig) -> None:
              f"{ex.classes_per_unit}.")
     _require(ex.max_retries >= 0, f"execution.max_retries must be >= 0, got {ex.max_retries}.")
     _require(ex.actors >= 0, f"execution.actors must be >= 0, got {ex.actors}.")
+    _require(ex.accelerator in ACCELERATORS, f"execution.accelerator {ex.accelerator!r} is "
+             f"unknown; use one of {list(ACCELERATORS)} (gpu on an autoscaling cluster whose "
+             "GPU nodes start on demand).")
     _require(ex.cpus_per_actor >= 1, f"execution.cpus_per_actor must be >= 1, got "
              f"{ex.cpus_per_actor}.")
     _require(0 < ex.gpus_per_actor <= 1, "execution.gpus_per_actor must be in (0, 1], got "

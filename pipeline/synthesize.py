@@ -57,12 +57,19 @@ class NoiseOptimizerStage:
         return to_model_space(references[label])
 
 
-def torch_device_for(gpu_ids: list[int] | list[str]) -> str:
-    """The torch device for the accelerator ids Ray assigned (``cpu`` when there are none).
+def assigned_device(gpu_ids: list[int] | list[str]) -> str:
+    """The torch device the accelerator ids Ray assigned map to (``cpu`` when there are none).
 
     Ray sets CUDA_VISIBLE_DEVICES to the assigned ids, so inside the actor the first visible
-    device is always ``cuda:0``.
+    device is always ``cuda:0``, whichever physical GPU that is.
     """
-    if gpu_ids and torch.cuda.is_available():
-        return "cuda:0"
-    return "cpu"
+    return "cuda:0" if gpu_ids else "cpu"
+
+
+def torch_device_for(gpu_ids: list[int] | list[str]) -> str:
+    """The device to run on: the assigned one when CUDA is usable; else ``cpu`` (GPUs that
+    were only declared to Ray, as in tests, or a CPU-only torch build)."""
+    device = assigned_device(gpu_ids)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cpu"
+    return device

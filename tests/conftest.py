@@ -54,14 +54,31 @@ def digits_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray for the session (2 CPUs, no dashboard)."""
+    """A local Ray (2 CPUs, no dashboard), shared across modules until a module that needs its
+    own cluster (``fresh_cluster``) shuts it down; Ray shuts it down at exit."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture
+def fresh_cluster():
+    """An empty ``ray.cluster_utils.Cluster`` (add nodes, then ``ray.init(cluster.address)``);
+    the shared local Ray is shut down first, and everything is torn down after."""
+    import ray
+    from ray.cluster_utils import Cluster
+
     ray.shutdown()
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def _set_env(monkeypatch, env: dict[str, str]) -> None:

@@ -108,6 +108,15 @@ def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, 
     assert not (tmp_path / "out" / "latest.json").exists()
 
 
+def test_a_prior_the_actors_cannot_load_fails_the_job_instead_of_looping(ray_local, tmp_path,
+                                                                         digits_dir):
+    prior = make_tiny_prior(tmp_path / "prior")
+    [weights] = prior.rglob("*.safetensors")
+    weights.write_bytes(b"not safetensors")
+    with pytest.raises(JobFailed, match="3 NoiseOptimizer actors in a row died while starting"):
+        run_job(job(tmp_path / "out", prior, digits_dir), progress=False)
+
+
 def test_an_interrupted_run_resumes_with_identical_output(doped_run, tmp_path):
     cfg, result = doped_run
     done = Path(result.run_url)
