@@ -15,12 +15,10 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    if address:  # under `ray job submit` the job's own runtime_env applies; add none here
+        ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=True)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
 
 
 # Storage settings the I/O actors need; forwarded from the driver's environment at submission
