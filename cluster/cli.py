@@ -24,6 +24,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from cluster.plan_report import describe_plan
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    print(describe_plan(cfg, args.gpus, args.cpus, args.classes, args.samples_per_class))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cluster.demo import format_table, run_demo
 
@@ -84,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config key (dotted for nested keys); repeatable")
     run.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local)")
     run.set_defaults(func=_cmd_run)
+
+    plan = sub.add_parser("plan", help="print a job's work units, actors and cost estimate "
+                          "without running it")
+    plan.add_argument("config")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--gpus", type=float, default=8, help="GPUs of the target cluster")
+    plan.add_argument("--cpus", type=float, default=64, help="CPUs of the target cluster")
+    plan.add_argument("--classes", type=int, help="class count when neither the model nor "
+                      "the data is readable")
+    plan.add_argument("--samples-per-class", type=int, help="real samples per class to assume "
+                      "when the data is not readable")
+    plan.set_defaults(func=_cmd_plan)
 
     demo = sub.add_parser("demo", help="digits end to end on local Ray, with evaluation")
     demo.add_argument("--out", required=True)

@@ -99,6 +99,21 @@ def read_dataset(url: str, layout: str) -> LabelledImages:
     return _decode_all(samples, names, url, files)
 
 
+def count_per_class(url: str, layout: str) -> list[int]:
+    """Samples per class label, without decoding images (folders: from the listing alone;
+    webdataset: each shard is read, but only its ``.cls`` members are parsed)."""
+    files = [f for f in list_input(url, layout) if f.path != "classes.json"]
+    if layout == "folders":
+        folders = [f.path.split("/", 1)[0] for f in files]
+        return [folders.count(name) for name in sorted(set(folders))]
+    fs, root = filesystem(url)
+    labels: list[int] = []
+    for f in files:
+        data = with_retries(f"read {f.path}", lambda p=f.path: fs.cat_file(f"{root}/{p}"))
+        labels.extend(label for _, label, _, _ in _samples_in_tar(data, f.path))
+    return np.bincount(np.array(labels, dtype=np.int64)).tolist() if labels else []
+
+
 def _samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes, str]]:
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data))

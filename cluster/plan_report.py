@@ -1,0 +1,108 @@
+"""`dsco plan`: the work units a run will have, the actors it will ask Ray for, and an estimate
+of its device-hours from measured costs, without starting Ray or touching the output."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.costs import measured_step_cost
+from cluster.resources import optimizer_shape
+from pipeline.config import JobConfig
+from pipeline.datasets import count_per_class
+from pipeline.errors import DscoError
+from pipeline.planning import Plan, make_plan
+from pipeline.prior import read_prior_meta
+
+# With checkpointing an optimisation step costs about four forward passes (forward, recompute,
+# backward ~ 2); plain sampling and data-free reference images need the forward pass only.
+FORWARD_SHARE = 0.25
+UNITS_SHOWN = 10
+
+
+@dataclass
+class ClassSizes:
+    """Per-class real sample counts the plan uses, and how they were obtained."""
+
+    sizes: list[int]
+    kind: str | None  # the prior's kind, when the model directory is readable
+    notes: list[str]
+
+
+def class_sizes(cfg: JobConfig, classes: int | None, samples_per_class: int | None) -> ClassSizes:
+    """Count the classes in the data if it is readable, else take them from the prior (or
+    ``classes``), noting whatever is missing instead of failing where the plan can go on."""
+    notes: list[str] = []
+    meta = None
+    try:
+        meta = read_prior_meta(cfg.model.path)
+    except DscoError as exc:
+        notes.append(f"model missing: {exc}")
+    if cfg.uses_real_data():
+        try:
+            sizes = count_per_class(cfg.input.url, cfg.input.layout)
+            notes.append(f"class sizes counted in {cfg.input.url} ({sum(sizes)} samples)")
+            return ClassSizes(sizes, meta.kind if meta else None, notes)
+        except DscoError as exc:
+            notes.append(f"input missing: {exc}")
+    count = meta.num_classes if meta else classes
+    if count is None:
+        raise DscoError("dsco plan cannot tell how many classes the job has: neither model.path "
+                        f"({cfg.model.path!r}) nor input.url ({cfg.input.url!r}) is readable. "
+                        "Pass --classes N (for example 1000 for ImageNet-1K).")
+    if not cfg.uses_real_data():
+        return ClassSizes([0] * count, meta.kind if meta else None, notes)
+    if samples_per_class is None:
+        if cfg.size.fraction is not None:
+            raise DscoError("size.fraction needs the per-class sample counts, and input.url "
+                            f"({cfg.input.url!r}) is not readable. Pass --samples-per-class N "
+                            "(for example 1281 for ImageNet-1K) or make the input readable.")
+        samples_per_class = cfg.size.ipc
+        notes.append(f"assumed every class has at least size.ipc = {cfg.size.ipc} real samples")
+    else:
+        notes.append(f"assumed {samples_per_class} real samples per class")
+    return ClassSizes([samples_per_class] * count, meta.kind if meta else None, notes)
+
+
+def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None = None,
+                  samples_per_class: int | None = None) -> str:
+    """The plan as text: sizes, units, actors and the estimate, plus what was assumed."""
+    counted = class_sizes(cfg, classes, samples_per_class)
+    plan = make_plan(cfg, counted.sizes)
+    synthetic = sum(b.synthetic for u in plan.units for b in u.budgets)
+    lines = [f"classes: {len(counted.sizes)}; samples: {plan.num_samples} ({synthetic} "
+             f"synthetic, {plan.num_samples - synthetic} real) in {plan.num_shards} shards",
+             f"work units: {len(plan.units)} of up to {cfg.execution.classes_per_unit} classes"]
+    lines += [f"  unit {u.unit_id}: classes {u.labels[0]}-{u.labels[-1]}, "
+              f"{sum(b.synthetic for b in u.budgets)} synthetic + "
+              f"{sum(b.real for b in u.budgets)} real, shards {u.first_shard}-"
+              f"{u.first_shard + u.num_shards - 1}" for u in plan.units[:UNITS_SHOWN]]
+    if len(plan.units) > UNITS_SHOWN:
+        lines.append(f"  ... {len(plan.units) - UNITS_SHOWN} more units")
+    shape = optimizer_shape(cfg.execution, {"GPU": gpus, "CPU": cpus}, len(plan.units))
+    device = "gpu" if shape.num_gpus else "cpu"
+    lines.append(f"actors: {shape.count} NoiseOptimizer (num_gpus={shape.num_gpus}, "
+                 f"num_cpus={shape.num_cpus} each; on a cluster with {gpus:g} GPUs and "
+                 f"{cpus:g} CPUs; more start as nodes join), plus a Coordinator and "
+                 f"{'a DopingSelector' if cfg.uses_real_data() else 'no DopingSelector'} "
+                 "(0 CPUs, 0 GPUs, on the head)")
+    lines.append(_estimate(cfg, plan, synthetic, counted.kind, device, shape.count))
+    lines += [f"note: {n}" for n in counted.notes]
+    return "\n".join(lines)
+
+
+def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, device: str,
+              actors: int) -> str:
+    if kind is None:
+        return "estimate: unavailable (the prior's kind is unknown: model.path is missing)"
+    cost = measured_step_cost(kind, device)
+    if cost is None:
+        return f"estimate: unavailable (no measured NOpt cost for a {kind!r} prior on {device})"
+    steps = cfg.nopt.ddim_steps
+    optimised = synthetic * cfg.nopt.iterations * steps
+    forward_only = synthetic * steps if cfg.nopt.iterations == 0 else 0
+    if cfg.nopt.data_free and synthetic:
+        forward_only += cfg.nopt.reference_multiplier * synthetic * steps
+    hours = (optimised + FORWARD_SHARE * forward_only) * cost.seconds / 3600
+    unit = "GPU-hours" if device == "gpu" else "CPU-slot-hours"
+    return (f"estimate: {hours:.3g} {unit} of NOpt ({hours / max(1, actors):.3g} h wall on "
+            f"{actors} actor(s)), at {cost.seconds:.3g} s per image-iteration-step measured on "
+            f"{cost.device} ({cost.source}); doping and writing are not included")

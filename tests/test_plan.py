@@ -1,0 +1,56 @@
+"""`dsco plan`: units, actors and a cost estimate from the measured benchmark numbers, without
+running anything; it explains what is missing instead of failing where it can."""
+import json
+
+from cluster.cli import main
+from cluster.costs import RESULTS
+from tests.conftest import REPO
+
+DIGITS = str(REPO / "configs" / "digits.yaml")
+
+
+def plan(capsys, *args) -> tuple[int, str, str]:
+    code = main(["plan", DIGITS, *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plan_lists_units_actors_and_an_estimate_from_the_measured_cost(capsys, tiny_prior,
+                                                                        digits_dir, tmp_path):
+    code, out, _ = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
+                        f"input.url={digits_dir / 'train'}", "--set", f"output={tmp_path / 'o'}",
+                        "--set", "execution.accelerator=cpu", "--cpus", "16")
+    assert code == 0
+    assert "classes: 10; samples: 100 (100 synthetic, 0 real) in 2 shards" in out
+    assert "unit 0: classes 0-4, 50 synthetic + 0 real, shards 0-0" in out
+    assert "actors: 2 NoiseOptimizer (num_gpus=0, num_cpus=1 each" in out
+    measured = json.loads((RESULTS / "nopt_throughput.json").read_text())
+    best = min(r["seconds_per_class_iteration"] for r in measured["rows"] if r["checkpointing"])
+    per_step = best / (measured["ipc"] * measured["ddim_steps"])
+    hours = 100 * 100 * 10 * per_step / 3600  # images x iterations x DDIM steps
+    assert f"estimate: {hours:.3g} CPU-slot-hours" in out
+    assert "class sizes counted in" in out
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_gpu_actors_one_per_gpu_of_the_target_cluster(capsys, tiny_prior, digits_dir):
+    code, out, _ = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
+                        f"input.url={digits_dir / 'train'}", "--set",
+                        "execution.classes_per_unit=1", "--gpus", "4")
+    assert code == 0 and "work units: 10 of up to 1 classes" in out
+    assert "actors: 4 NoiseOptimizer (num_gpus=1.0, num_cpus=1 each" in out
+
+
+def test_without_model_or_data_it_says_what_is_missing(capsys, tmp_path):
+    missing = ["--set", f"model.path={tmp_path / 'no-model'}", "--set",
+               f"input.url={tmp_path / 'no-data'}"]
+    code, out, _ = plan(capsys, *missing, "--classes", "1000")
+    assert code == 0
+    assert "classes: 1000; samples: 10000 (10000 synthetic, 0 real)" in out
+    assert "note: model missing" in out and "note: input missing" in out
+    assert "estimate: unavailable" in out
+    code, _, err = plan(capsys, *missing)
+    assert code == 2 and "Pass --classes N" in err
+    code, _, err = plan(capsys, *missing, "--classes", "10", "--set", "size.ipc=null",
+                        "--set", "size.fraction=0.5")
+    assert code == 2 and "--samples-per-class" in err
