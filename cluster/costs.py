@@ -30,7 +30,8 @@ def _gpu_cost(kind: str) -> StepCost | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    rows = [r for r in result["rows"] if r["kind"] == kind]
+    rows = [r for r in result["rows"]
+            if r["kind"] == kind and r["guidance"] == 1.0 and not r.get("oom")]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["seconds_per_image_step"])

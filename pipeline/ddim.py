@@ -1,7 +1,8 @@
 """Deterministic DDIM sampling (eta = 0) that gradients can flow through.
 
-Each denoising step is wrapped in activation checkpointing, so the memory held for the
-backward pass is one step's activations plus the K intermediate samples, flat in K.
+Each denoising step (and the decode, for latent models) is wrapped in activation
+checkpointing, so the memory held for the backward pass is one step's activations plus the K
+intermediate samples, flat in K.
 """
 from __future__ import annotations
 
@@ -31,4 +32,6 @@ def ddim_sample(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor
             x = checkpoint(_ddim_step, backend, x, t, labels, guidance, use_reentrant=False)
         else:
             x = _ddim_step(backend, x, t, labels, guidance)
+    if use_checkpointing and torch.is_grad_enabled() and x.requires_grad:
+        return checkpoint(backend.decode, x, use_reentrant=False)  # a VAE decoder is heavy
     return backend.decode(x)

@@ -61,11 +61,12 @@ class FeatureMap:
         self.name = name
         self.in_channels = in_channels
 
-    def draw(self, *seed_parts: object):
-        """Return a callable images -> blocks; ``random_conv`` re-draws weights per seed."""
+    def draw(self, *seed_parts: object, device: torch.device | str = "cpu"):
+        """Return a callable images -> blocks; ``random_conv`` re-draws weights per seed (drawn
+        on the CPU, so they are the same on every device, then moved to ``device``)."""
         if self.name == "pixels":
             return lambda x: [x.flatten(1)]
-        return RandomConvNet(self.in_channels, seed=derive_seed("phi", *seed_parts))
+        return RandomConvNet(self.in_channels, seed=derive_seed("phi", *seed_parts)).to(device)
 
 
 class FixedEncoder:

@@ -97,7 +97,7 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     labels = torch.cat([torch.full((counts[c],), c, dtype=torch.long) for c in labels_order])
     labels = labels.to(backend.device)
     slices = _class_slices(labels_order, counts)
-    features = FeatureMap(cfg.feature_map, backend.latent_shape[0])
+    features = FeatureMap(cfg.feature_map, backend.image_shape[0])
     refs = {c: references[c].to(backend.device) for c in labels_order}
     optimizer = torch.optim.Adam([z], lr=cfg.learning_rate)
     history: dict[int, list[float]] = {c: [] for c in labels_order}
@@ -107,7 +107,7 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
         loss = torch.zeros((), device=backend.device)
         for c in labels_order:
             pick = torch.randperm(len(refs[c]), generator=generator(seed, "batch", c, it))
-            phi = features.draw(seed, c, it)
+            phi = features.draw(seed, c, it, device=backend.device)
             with torch.no_grad():
                 real_blocks = phi(refs[c][pick[:cfg.batch_size]])
             match = sum(mmd2(f, r) for f, r in zip(phi(fake[slices[c]]), real_blocks))
@@ -136,5 +136,6 @@ def _class_slices(labels_order: list[int], counts: dict[int, int]) -> dict[int, 
 def final_match(images: torch.Tensor, reference: torch.Tensor, cfg: NoptConfig, seed: int,
                 label: int) -> float:
     """MMD^2 of the final images against all of R_c under one fixed feature draw."""
-    phi = FeatureMap(cfg.feature_map, images.shape[1]).draw(seed, label, "final")
+    phi = FeatureMap(cfg.feature_map, images.shape[1]).draw(seed, label, "final",
+                                                          device=images.device)
     return float(sum(mmd2(f, r) for f, r in zip(phi(images), phi(reference))))

@@ -21,7 +21,7 @@ PRIOR_META = "dsco_prior.json"
 class PriorMeta:
     """What the pipeline needs to know about a saved prior beyond the diffusers weights."""
 
-    kind: str  # "pixel_unet"
+    kind: str  # "pixel_unet" (dsco_prior.json) or "dit" (a DiT pipeline directory)
     num_classes: int
     null_class: int | None  # class id used for the unconditional branch (guidance)
     image_size: int
@@ -44,6 +44,16 @@ class DiffusionBackend:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         raise NotImplementedError
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one decoded image (the latent shape for pixel-space models)."""
+        return self.latent_shape
+
+    def autocast(self):
+        """bf16 autocast for the networks on CUDA (the noise itself stays fp32); a no-op on
+        CPU, where bf16 is slow and the tiny models are cheap in fp32."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
                       guidance: float) -> torch.Tensor:
@@ -72,14 +82,17 @@ class PixelUNetBackend(DiffusionBackend):
 
     def predict_noise(self, x, t, labels, guidance):
         if guidance == 1.0:
-            return self.unet(x, t, class_labels=labels).sample
+            with self.autocast():
+                return self.unet(x, t, class_labels=labels).sample.float()
         if self.meta.null_class is None:
             raise DscoError(
                 f"guidance={guidance} needs a model with a null class, but this prior has none; "
                 "set nopt.guidance: 1.0 or train the prior with label dropout.")
         null = torch.full_like(labels, self.meta.null_class)
         t2 = torch.cat([t, t]) if t.ndim else t
-        both = self.unet(torch.cat([x, x]), t2, class_labels=torch.cat([labels, null])).sample
+        with self.autocast():
+            both = self.unet(torch.cat([x, x]), t2,
+                             class_labels=torch.cat([labels, null])).sample.float()
         cond, uncond = both.chunk(2)
         return uncond + guidance * (cond - uncond)
 
@@ -100,12 +113,21 @@ def save_prior(unet: UNet2DModel, scheduler_config: dict, meta: PriorMeta, out_d
 
 
 def read_prior_meta(model_dir: str) -> PriorMeta:
-    """The prior's metadata, read without loading weights; a clear error when it is missing."""
+    """The prior's metadata, read without loading weights; a clear error when it is missing.
+
+    A DsCo prior directory has ``dsco_prior.json``; a DiT pipeline in the hub layout is
+    described by its own configs (see :mod:`pipeline.latent_prior`).
+    """
+    from pipeline.latent_prior import dit_meta, is_dit_pipeline
+
+    if is_dit_pipeline(model_dir):
+        return dit_meta(model_dir)
     meta_path = os.path.join(model_dir, PRIOR_META)
     if not os.path.isfile(meta_path):
         raise DscoError(
-            f"model.path {model_dir!r} is not a DsCo prior directory (no {PRIOR_META}); train "
-            f"one with `dsco train-prior --data DIR --out {model_dir}` or fix the path.")
+            f"model.path {model_dir!r} is neither a DsCo prior directory (no {PRIOR_META}) nor "
+            "a DiT pipeline in the hub layout (no model_index.json); train a prior with "
+            f"`dsco train-prior --data DIR --out {model_dir}`, or point it at a DiT checkout.")
     with open(meta_path) as f:
         meta = PriorMeta(**json.load(f))
     if meta.kind != "pixel_unet":
@@ -115,7 +137,12 @@ def read_prior_meta(model_dir: str) -> PriorMeta:
 
 
 def load_prior(model_dir: str, device: torch.device | str = "cpu") -> DiffusionBackend:
-    """Load a prior saved by :func:`save_prior` (diffusers, local files only)."""
+    """Load a prior saved by :func:`save_prior`, or a DiT pipeline directory (diffusers,
+    local files only)."""
+    from pipeline.latent_prior import is_dit_pipeline, load_dit_pipeline
+
+    if is_dit_pipeline(model_dir):
+        return load_dit_pipeline(model_dir, device)
     meta = read_prior_meta(model_dir)
     try:
         unet = UNet2DModel.from_pretrained(os.path.join(model_dir, "unet"),

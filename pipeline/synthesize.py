@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from pipeline.config import NoptConfig
+from pipeline.errors import DscoError
 from pipeline.images import encode_png, to_model_space, to_uint8
 from pipeline.nopt import data_free_reference, optimize_classes
 from pipeline.planning import WorkUnit
@@ -54,7 +55,12 @@ class NoiseOptimizerStage:
             return data_free_reference(self.backend, label,
                                        self.cfg.reference_multiplier * count, self.cfg,
                                        self.seed)
-        return to_model_space(references[label])
+        images = to_model_space(references[label])
+        if tuple(images.shape[1:]) != tuple(self.backend.image_shape):
+            raise DscoError(f"the real images of class {label} are {tuple(images.shape[1:])} "
+                            f"(C, H, W) but the prior makes {tuple(self.backend.image_shape)}; "
+                            "resize the dataset to the prior's image size and channels.")
+        return images
 
 
 def assigned_device(gpu_ids: list[int] | list[str]) -> str:

@@ -37,7 +37,7 @@ def test_guidance_without_null_class_is_refused(tmp_path):
 
 
 def test_missing_or_broken_prior_is_explained(tmp_path):
-    with pytest.raises(DscoError, match="not a DsCo prior"):
+    with pytest.raises(DscoError, match="neither a DsCo prior directory"):
         load_prior(str(tmp_path))
     path = make_tiny_prior(tmp_path / "p")
     (path / "unet" / "config.json").unlink()
