@@ -113,7 +113,8 @@ def measure(backend, name: str, batch: int, guidance: float, device: str) -> dic
         return {**row, "oom": True}
     t_iter = (more - one) / TIMED_EXTRA_ITERATIONS
     per_image = base.iterations * t_iter + t_final
-    row.update({"seconds_per_iteration": round(t_iter, 4), "seconds_final_sample": round(t_final, 4),
+    row.update({"seconds_per_iteration": round(t_iter, 4),
+                "seconds_final_sample": round(t_final, 4),
                 "images_per_second_at_default_T": round(batch / per_image, 4),
                 "default_T": base.iterations,
                 "seconds_per_image_step": t_iter / (batch * base.ddim_steps),

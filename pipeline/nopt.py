@@ -136,6 +136,6 @@ def _class_slices(labels_order: list[int], counts: dict[int, int]) -> dict[int, 
 def final_match(images: torch.Tensor, reference: torch.Tensor, cfg: NoptConfig, seed: int,
                 label: int) -> float:
     """MMD^2 of the final images against all of R_c under one fixed feature draw."""
-    phi = FeatureMap(cfg.feature_map, images.shape[1]).draw(seed, label, "final",
-                                                          device=images.device)
+    features = FeatureMap(cfg.feature_map, images.shape[1])
+    phi = features.draw(seed, label, "final", device=images.device)
     return float(sum(mmd2(f, r) for f, r in zip(phi(images), phi(reference))))
