@@ -18,7 +18,10 @@ def connect(address: str | None) -> None:
     if address:  # under `ray job submit` the job's own runtime_env applies; add none here
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        # "local": always a fresh one, even beside a `ray start` cluster (join that with
+        # --address auto)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True)
 
 
 # Storage settings the I/O actors need; forwarded from the driver's environment at submission

@@ -66,8 +66,8 @@ class LatentDiTBackend(DiffusionBackend):
         self.device = torch.device(device)
         # the networks are frozen, so their weights may be kept in bf16 (no master copy needed)
         self.dtype = weights_dtype
-        self.transformer = transformer.to(self.device, weights_dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, weights_dtype).eval().requires_grad_(False)
+        self.transformer = _frozen(transformer, self.device, weights_dtype)
+        self.vae = _frozen(vae, self.device, weights_dtype)
         self.scheduler = scheduler
         self.meta = meta
         self.scaling_factor = float(vae.config.scaling_factor)
@@ -102,6 +102,13 @@ class LatentDiTBackend(DiffusionBackend):
         with self.autocast():
             latents = self.vae.encode(images.to(self.dtype)).latent_dist.mean
         return latents.float() * self.scaling_factor
+
+
+def _frozen(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    model = model.to(device)
+    if next(model.parameters()).dtype != dtype:
+        model = model.to(dtype)
+    return model.eval().requires_grad_(False)
 
 
 def load_dit_pipeline(model_dir: str, device: torch.device | str = "cpu") -> LatentDiTBackend:

@@ -6,6 +6,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +49,35 @@ def trained_tiny_prior(tmp_path_factory, digits_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_dit(tmp_path_factory) -> Path:
+    """A tiny random-weight DiT + VAE pipeline (32 px RGB, 10 classes) saved in the hub layout."""
+    from benchmarks.dit_models import TINY, save_dit_pipeline
+
+    return Path(save_dit_pipeline(TINY, str(tmp_path_factory.mktemp("dit") / "tiny-dit")))
+
+
+@pytest.fixture(scope="session")
+def digits_rgb32_dir(tmp_path_factory, digits_dir) -> Path:
+    """The digits train split upsampled to 32x32 RGB, as WebDataset shards (the latent path's
+    synthetic-but-real-format dataset)."""
+    from PIL import Image
+
+    from pipeline.images import encode_png
+    from pipeline.tarfiles import build_tar
+
+    data = read_dataset(str(digits_dir / "train"), "webdataset")
+    out = tmp_path_factory.mktemp("digits-rgb32") / "train"
+    out.mkdir()
+    members = []
+    for key, label, image in zip(data.keys, data.labels, data.images):
+        big = Image.fromarray(image[..., 0]).resize((32, 32), Image.BILINEAR).convert("RGB")
+        members += [(f"{key}.png", encode_png(np.asarray(big))), (f"{key}.cls",
+                                                                  str(int(label)).encode())]
+    (out / "000000.tar").write_bytes(build_tar(members))
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits")
     prepare_digits(str(out))
@@ -61,7 +91,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     return ray
 
 

@@ -168,3 +168,19 @@ def test_noise_optimizer_reports_where_it_runs(ray_local, tiny_prior):
     assert placement["gpu_ids"] == [] and placement["device"] == "cpu"
     assert placement["model_device"] == "cpu" and placement["node_id"]
     ray.kill(actor)
+
+
+def test_the_latent_dit_job_runs_end_to_end_on_rgb_shards(ray_local, tiny_dit, digits_rgb32_dir,
+                                                          tmp_path):
+    from pipeline.images import decode_image
+
+    cfg = load_config(None, [f"output={tmp_path / 'out'}", f"model.path={tiny_dit}",
+                             f"input.url={digits_rgb32_dir}", *FAST, "nopt.guidance=2.0",
+                             "size.doping_fraction=0.5"])
+    result = run_job(cfg, progress=False)
+    assert result.status == "complete" and result.metrics["synthetic"] == 10
+    samples = shard_contents(Path(result.run_url))
+    assert len(samples) == 20
+    sources = {json.loads(s["json"])["source"] for s in samples.values()}
+    assert sources == {"synthetic", "real"}
+    assert {decode_image(s["png"], k).shape for k, s in samples.items()} == {(32, 32, 3)}
