@@ -18,12 +18,13 @@ class NoiseOptimizer:
     """Wraps :class:`NoiseOptimizerStage`; uses only the accelerator Ray assigned to it."""
 
     def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
-                 threads: int):
+                 threads: int, class_map: list[int] | None = None):
         torch.set_num_threads(threads)
         self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         self.assigned_device = assigned_device(self.gpu_ids)
         self.device = torch_device_for(self.gpu_ids)
-        self.stage = NoiseOptimizerStage(model_path, cfg, seed, class_names, self.device)
+        self.stage = NoiseOptimizerStage(model_path, cfg, seed, class_names, self.device,
+                                         class_map)
 
     def placement(self) -> dict:
         """Where this actor runs: node, assigned GPU ids, visible devices and torch device."""

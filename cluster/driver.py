@@ -19,6 +19,7 @@ from actors.noise_optimizer import NoiseOptimizer
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import JobConfig
+from pipeline.class_mapping import check_prior_fits, data_free_classes
 from pipeline.datasets import list_input
 from pipeline.errors import DscoError
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
@@ -67,12 +68,10 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"))
         summary = _get_or_raise_input_error(selector.prepare.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
-        if len(class_sizes) > meta.num_classes:
-            raise DscoError(f"the input has {len(class_sizes)} classes but the prior in "
-                            f"{cfg.model.path!r} knows {meta.num_classes}; train the prior "
-                            "on this dataset.")
+        check_prior_fits(cfg, meta, len(class_sizes))
     else:
-        class_names = meta.class_names
+        check_prior_fits(cfg, meta, None)
+        class_names = data_free_classes(cfg, meta)
         class_sizes = [0] * len(class_names)
     plan = make_plan(cfg, class_sizes)
     done = ray.get(coordinator.committed_units.remote())
@@ -103,7 +102,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
 
     def start_actor(shape):
         return NoiseOptimizer.options(**shape.options()).remote(
-            cfg.model.path, cfg.nopt, cfg.seed, class_names, shape.threads)
+            cfg.model.path, cfg.nopt, cfg.seed, class_names, shape.threads, cfg.model.class_map)
 
     pool = OptimizerPool(
         lambda remaining: optimizer_shape(cfg.execution, ray.cluster_resources(), remaining),

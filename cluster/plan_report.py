@@ -23,43 +23,52 @@ class ClassSizes:
     """Per-class real sample counts the plan uses, and how they were obtained."""
 
     sizes: list[int]
-    kind: str | None  # the prior's kind, when the model directory is readable
+    kind: str | None  # the prior's kind: from its directory, else from model.kind
     notes: list[str]
+    real_known: bool = True  # False: a size.fraction of data nobody could count
+
+
+# Stands in for class sizes nobody could count under a size.fraction: large enough that every
+# synthetic core is full, so the synthetic side of the plan (and its cost) is exact.
+UNCOUNTED = 10 ** 9
 
 
 def class_sizes(cfg: JobConfig, classes: int | None, samples_per_class: int | None) -> ClassSizes:
-    """Count the classes in the data if it is readable, else take them from the prior (or
-    ``classes``), noting whatever is missing instead of failing where the plan can go on."""
+    """Count the classes in the data if it is readable, else take their number from the prior,
+    ``input.num_classes``, ``model.class_map`` or ``classes``, noting whatever is missing
+    instead of failing where the plan can go on."""
     notes: list[str] = []
     meta = None
     try:
         meta = read_prior_meta(cfg.model.path)
     except DscoError as exc:
         notes.append(f"model missing: {exc}")
+    kind = meta.kind if meta else (None if cfg.model.kind == "auto" else cfg.model.kind)
     if cfg.uses_real_data():
         try:
             sizes = count_per_class(cfg.input.url, cfg.input.layout)
             notes.append(f"class sizes counted in {cfg.input.url} ({sum(sizes)} samples)")
-            return ClassSizes(sizes, meta.kind if meta else None, notes)
+            return ClassSizes(sizes, kind, notes)
         except DscoError as exc:
             notes.append(f"input missing: {exc}")
-    count = meta.num_classes if meta else classes
+    count = next((n for n in (cfg.input.num_classes, len(cfg.model.class_map or []) or None,
+                              meta.num_classes if meta else None, classes) if n), None)
     if count is None:
         raise DscoError("dsco plan cannot tell how many classes the job has: neither model.path "
-                        f"({cfg.model.path!r}) nor input.url ({cfg.input.url!r}) is readable. "
-                        "Pass --classes N (for example 1000 for ImageNet-1K).")
+                        f"({cfg.model.path!r}) nor input.url ({cfg.input.url!r}) is readable "
+                        "and input.num_classes is not set. Pass --classes N (for example 1000 "
+                        "for ImageNet-1K).")
     if not cfg.uses_real_data():
-        return ClassSizes([0] * count, meta.kind if meta else None, notes)
-    if samples_per_class is None:
-        if cfg.size.fraction is not None:
-            raise DscoError("size.fraction needs the per-class sample counts, and input.url "
-                            f"({cfg.input.url!r}) is not readable. Pass --samples-per-class N "
-                            "(for example 1281 for ImageNet-1K) or make the input readable.")
-        samples_per_class = cfg.size.ipc
-        notes.append(f"assumed every class has at least size.ipc = {cfg.size.ipc} real samples")
-    else:
+        return ClassSizes([0] * count, kind, notes)
+    if samples_per_class is not None:
         notes.append(f"assumed {samples_per_class} real samples per class")
-    return ClassSizes([samples_per_class] * count, meta.kind if meta else None, notes)
+        return ClassSizes([samples_per_class] * count, kind, notes)
+    if cfg.size.fraction is not None:
+        notes.append("real sample counts unknown (size.fraction of data not readable here); "
+                     "pass --samples-per-class N for them (ImageNet-1K averages 1281)")
+        return ClassSizes([UNCOUNTED] * count, kind, notes, real_known=False)
+    notes.append(f"assumed every class has at least size.ipc = {cfg.size.ipc} real samples")
+    return ClassSizes([cfg.size.ipc] * count, kind, notes)
 
 
 def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None = None,
@@ -68,13 +77,19 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
     counted = class_sizes(cfg, classes, samples_per_class)
     plan = make_plan(cfg, counted.sizes)
     synthetic = sum(b.synthetic for u in plan.units for b in u.budgets)
-    lines = [f"classes: {len(counted.sizes)}; samples: {plan.num_samples} ({synthetic} "
-             f"synthetic, {plan.num_samples - synthetic} real) in {plan.num_shards} shards",
+
+    def real(count: int) -> str:
+        return str(count) if counted.real_known else "?"
+
+    shards = plan.num_shards if counted.real_known else "?"
+    lines = [f"classes: {len(counted.sizes)}; samples: {real(plan.num_samples)} ({synthetic} "
+             f"synthetic, {real(plan.num_samples - synthetic)} real) in {shards} shards",
              f"work units: {len(plan.units)} of up to {cfg.execution.classes_per_unit} classes"]
     lines += [f"  unit {u.unit_id}: classes {u.labels[0]}-{u.labels[-1]}, "
               f"{sum(b.synthetic for b in u.budgets)} synthetic + "
-              f"{sum(b.real for b in u.budgets)} real, shards {u.first_shard}-"
-              f"{u.first_shard + u.num_shards - 1}" for u in plan.units[:UNITS_SHOWN]]
+              f"{real(sum(b.real for b in u.budgets))} real" +
+              (f", shards {u.first_shard}-{u.first_shard + u.num_shards - 1}"
+               if counted.real_known else "") for u in plan.units[:UNITS_SHOWN]]
     if len(plan.units) > UNITS_SHOWN:
         lines.append(f"  ... {len(plan.units) - UNITS_SHOWN} more units")
     shape = optimizer_shape(cfg.execution, {"GPU": gpus, "CPU": cpus}, len(plan.units))
@@ -92,7 +107,8 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
 def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, device: str,
               actors: int) -> str:
     if kind is None:
-        return "estimate: unavailable (the prior's kind is unknown: model.path is missing)"
+        return ("estimate: unavailable (the prior's kind is unknown: model.path is missing; "
+                "set model.kind)")
     cost = measured_step_cost(kind, device)
     if cost is None:
         return f"estimate: unavailable (no measured NOpt cost for a {kind!r} prior on {device})"
@@ -101,7 +117,9 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     forward_only = synthetic * steps if cfg.nopt.iterations == 0 else 0
     if cfg.nopt.data_free and synthetic:
         forward_only += cfg.nopt.reference_multiplier * synthetic * steps
-    hours = (optimised + FORWARD_SHARE * forward_only) * cost.seconds / 3600
+    # classifier-free guidance runs the network twice per step
+    guided = 2 if cfg.nopt.guidance != 1.0 else 1
+    hours = guided * (optimised + FORWARD_SHARE * forward_only) * cost.seconds / 3600
     unit = "GPU-hours" if device == "gpu" else "CPU-slot-hours"
     return (f"estimate: {hours:.3g} {unit} of NOpt ({hours / max(1, actors):.3g} h wall on "
             f"{actors} actor(s)), at {cost.seconds:.3g} s per image-iteration-step measured on "

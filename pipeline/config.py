@@ -19,6 +19,9 @@ class InputConfig:
 
     url: str = ""
     layout: str = "webdataset"  # webdataset | folders
+    # the class count the data must have: checked when the job runs; `dsco plan` uses it when
+    # the data is not readable from where it runs
+    num_classes: int | None = None
 
 
 @dataclass
@@ -27,6 +30,12 @@ class ModelConfig:
 
     path: str = ""
     revision: str = ""  # recorded in the fingerprint; bump it when the weights change in place
+    # auto (from the directory) | pixel_unet | dit: checked against the directory when the
+    # job runs; `dsco plan` uses it when the directory is not readable
+    kind: str = "auto"
+    # the prior's class id for each input label (e.g. Imagewoof's 10 dogs in an ImageNet
+    # DiT); null: input label = prior class id
+    class_map: list[int] | None = None
 
 
 @dataclass
@@ -53,7 +62,7 @@ class NoptConfig:
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
     guidance: float = 1.0
-    feature_map: str = "random_conv"
+    feature_map: str = "random_conv"  # phi: random_conv | pixels | latent | pretrained:<path>
     batch_size: int = 256  # real minibatch per iteration
     reference_multiplier: int = 8  # data-free: M = multiplier * N model samples per class
     checkpointing: bool = True
@@ -64,7 +73,7 @@ class DopingConfig:
     """Selecting real samples to add beside the synthetic ones."""
 
     selector: str = "facility_location"  # facility_location | herding | kcenter | random
-    encoder: str = "random_conv"  # psi: random_conv | pixels
+    encoder: str = "random_conv"  # psi: random_conv | pixels | pretrained:<path>
     knn: int = 20
     exact_max: int = 50000  # classes larger than this use an HNSW index
 
@@ -112,7 +121,23 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
+FEATURE_MAPS = ("random_conv", "pixels", "latent", "pretrained:<path>")
+PRETRAINED = "pretrained:"
+
+
+def check_feature_map(name: str, key: str, latent_allowed: bool = True) -> None:
+    """Raise DscoError unless ``name`` is a feature map this project knows (``key`` names the
+    config setting in the message)."""
+    known = name in ("random_conv", "pixels") or (name == "latent" and latent_allowed) or \
+        (name.startswith(PRETRAINED) and len(name) > len(PRETRAINED))
+    if not known:
+        names = [n for n in FEATURE_MAPS if latent_allowed or n != "latent"]
+        raise DscoError(f"{key} {name!r} is unknown; use one of {names} (pretrained:<path> "
+                        "loads a local ResNet-18/34/50 weights file).")
+
+
 SELECTORS = ("facility_location", "herding", "kcenter", "random")
+PRIOR_KINDS = ("auto", "pixel_unet", "dit")
 ACCELERATORS = ("auto", "gpu", "cpu")
 
 
@@ -178,9 +203,14 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     for typ in allowed:
         if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if typing.get_origin(typ) is list and isinstance(value, list):
+            [item] = typing.get_args(typ)
+            if all(type(v) is item for v in value):
+                return value
         if typ is not type(None) and type(value) is typ:
             return value
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    names = " or ".join(str(t) if typing.get_origin(t) else getattr(t, "__name__", str(t))
+                        for t in allowed)
     raise DscoError(f"config key {name!r} must be {names}, got {value!r}.")
 
 
@@ -194,6 +224,15 @@ def validate(cfg: JobConfig) -> None:
     size, nopt = cfg.size, cfg.nopt
     _require(bool(cfg.output), "config key 'output' is empty: set the output URL (a local "
              "folder, s3://bucket/prefix or gs://bucket/prefix), e.g. --set output=runs/x.")
+    _require(cfg.model.kind in PRIOR_KINDS, f"model.kind {cfg.model.kind!r} is unknown; use "
+             f"one of {list(PRIOR_KINDS)}.")
+    _require(cfg.input.num_classes is None or cfg.input.num_classes >= 1,
+             f"input.num_classes must be >= 1 or null, got {cfg.input.num_classes}.")
+    _require(cfg.model.class_map is None or cfg.input.num_classes in (None,
+                                                                      len(cfg.model.class_map)),
+             f"model.class_map has {len(cfg.model.class_map or [])} entries but "
+             f"input.num_classes is {cfg.input.num_classes}; give one prior class per input "
+             "class.")
     _require(bool(cfg.model.path), "config key 'model.path' is empty: point it at a prior "
              "directory (train one with `dsco train-prior`).")
     _require((size.ipc is None) != (size.fraction is None),
@@ -222,6 +261,8 @@ def validate(cfg: JobConfig) -> None:
     _require(nopt.batch_size >= 1, f"nopt.batch_size must be >= 1, got {nopt.batch_size}.")
     _require(nopt.reference_multiplier >= 1, "nopt.reference_multiplier must be >= 1, got "
              f"{nopt.reference_multiplier}.")
+    check_feature_map(nopt.feature_map, "nopt.feature_map")
+    check_feature_map(cfg.doping.encoder, "doping.encoder", latent_allowed=False)
     _require(cfg.doping.selector in SELECTORS, f"doping.selector {cfg.doping.selector!r} is "
              f"unknown; use one of {list(SELECTORS)}.")
     _require(cfg.doping.knn >= 1, f"doping.knn must be >= 1, got {cfg.doping.knn}.")

@@ -10,10 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.config import PRETRAINED, check_feature_map
 from pipeline.errors import DscoError
 from pipeline.seeding import derive_seed
-
-FEATURE_MAPS = ("random_conv", "pixels")
 
 
 class RandomConvNet(nn.Module):
@@ -54,19 +53,42 @@ class RandomConvNet(nn.Module):
 class FeatureMap:
     """phi by name: ``random_conv`` (a fresh random ConvNet per draw) or ``pixels``."""
 
-    def __init__(self, name: str, in_channels: int):
-        if name not in FEATURE_MAPS:
-            raise DscoError(f"nopt.feature_map {name!r} is unknown; use one of "
-                            f"{list(FEATURE_MAPS)}.")
+    def __init__(self, name: str, in_channels: int, encode=None):
+        check_feature_map(name, "nopt.feature_map")
+        if name == "latent" and encode is None:
+            raise DscoError("the latent feature map needs the prior's VAE encoder; it is only "
+                            "available for NOpt with a latent prior.")
         self.name = name
         self.in_channels = in_channels
+        self.encode = encode
+        self._pretrained = None
+
+    @property
+    def fixed(self) -> bool:
+        """Whether every draw is the same map (so features of fixed images can be cached)."""
+        return self.name != "random_conv"
 
     def draw(self, *seed_parts: object, device: torch.device | str = "cpu"):
         """Return a callable images -> blocks; ``random_conv`` re-draws weights per seed (drawn
-        on the CPU, so they are the same on every device, then moved to ``device``)."""
+        on the CPU, so they are the same on every device, then moved to ``device``);
+        ``pretrained:<path>`` is loaded once and frozen; ``latent`` pools the VAE latent."""
         if self.name == "pixels":
             return lambda x: [x.flatten(1)]
+        if self.name == "latent":
+            return lambda x: _latent_blocks(self.encode(x))
+        if self.name.startswith(PRETRAINED):
+            if self._pretrained is None:
+                from pipeline.backbones import load_resnet
+
+                self._pretrained = load_resnet(self.name[len(PRETRAINED):])
+            return self._pretrained.to(device)
         return RandomConvNet(self.in_channels, seed=derive_seed("phi", *seed_parts)).to(device)
+
+
+def _latent_blocks(latents: torch.Tensor) -> list[torch.Tensor]:
+    """The latent itself and its 4x4 average pool, as two blocks."""
+    side = min(4, latents.shape[-1])
+    return [latents.flatten(1), F.adaptive_avg_pool2d(latents, side).flatten(1)]
 
 
 class FixedEncoder:
@@ -74,9 +96,7 @@ class FixedEncoder:
     on the real data (``fit``), then concatenated, so every block weighs the same in L2."""
 
     def __init__(self, name: str, in_channels: int, seed: int):
-        if name not in FEATURE_MAPS:
-            raise DscoError(f"doping.encoder {name!r} is unknown; use one of "
-                            f"{list(FEATURE_MAPS)}.")
+        check_feature_map(name, "doping.encoder", latent_allowed=False)
         self.feature = FeatureMap(name, in_channels).draw("encoder", seed)
         self.scales: list[float] | None = None
 

@@ -72,33 +72,42 @@ def sample_images(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tens
 
 
 def data_free_reference(backend: DiffusionBackend, label: int, count: int, cfg: NoptConfig,
-                        seed: int) -> torch.Tensor:
-    """Data-free R_c: ``count`` model samples from fresh noise (same sampler and guidance)."""
-    labels = torch.full((count,), label, dtype=torch.long, device=backend.device)
+                        seed: int, prior_class: int | None = None) -> torch.Tensor:
+    """Data-free R_c: ``count`` model samples from fresh noise (same sampler and guidance),
+    generated as ``prior_class`` (default: ``label``)."""
+    condition = label if prior_class is None else prior_class
+    labels = torch.full((count,), condition, dtype=torch.long, device=backend.device)
     return sample_images(backend, initial_noise(backend, seed, label, count, "reference"),
                          labels, cfg)
 
 
 def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
                      references: dict[int, torch.Tensor], cfg: NoptConfig, seed: int,
-                     on_iteration: Callable[[], None] | None = None) -> list[ClassResult]:
+                     on_iteration: Callable[[], None] | None = None,
+                     conditioning: dict[int, int] | None = None) -> list[ClassResult]:
     """Run NOpt for several classes at once: one batched sampler pass per iteration.
 
     ``counts`` maps label -> N and ``references`` label -> R_c in model space. The loss is the
     sum of the per-class losses and Adam is elementwise, so each class is optimised exactly as
     it would be alone; batching only amortises the model's per-call cost. ``on_iteration``
-    is called after every iteration (progress reporting).
+    is called after every iteration (progress reporting). ``conditioning`` maps a label to
+    the prior class it is generated as (default: itself); noise is seeded by the label.
     """
     if not counts:
         return []
     labels_order = sorted(counts)
     z = torch.cat([initial_noise(backend, seed, c, counts[c]) for c in labels_order])
     z.requires_grad_(cfg.iterations > 0)
-    labels = torch.cat([torch.full((counts[c],), c, dtype=torch.long) for c in labels_order])
+    conditioning = conditioning or {}
+    labels = torch.cat([torch.full((counts[c],), conditioning.get(c, c), dtype=torch.long)
+                        for c in labels_order])
     labels = labels.to(backend.device)
     slices = _class_slices(labels_order, counts)
-    features = FeatureMap(cfg.feature_map, backend.image_shape[0])
+    features = FeatureMap(cfg.feature_map, backend.image_shape[0], encode=backend.encode)
     refs = {c: references[c].to(backend.device) for c in labels_order}
+    # a fixed feature map sees the same references every iteration: embed them once
+    ref_blocks = {c: blocks_in_batches(features.draw(device=backend.device), refs[c])
+                  for c in labels_order} if features.fixed else {}
     optimizer = torch.optim.Adam([z], lr=cfg.learning_rate)
     history: dict[int, list[float]] = {c: [] for c in labels_order}
     for it in range(cfg.iterations):
@@ -108,8 +117,11 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
         for c in labels_order:
             pick = torch.randperm(len(refs[c]), generator=generator(seed, "batch", c, it))
             phi = features.draw(seed, c, it, device=backend.device)
-            with torch.no_grad():
-                real_blocks = phi(refs[c][pick[:cfg.batch_size]])
+            if features.fixed:
+                real_blocks = [b[pick[:cfg.batch_size].to(b.device)] for b in ref_blocks[c]]
+            else:
+                with torch.no_grad():
+                    real_blocks = phi(refs[c][pick[:cfg.batch_size]])
             match = sum(mmd2(f, r) for f, r in zip(phi(fake[slices[c]]), real_blocks))
             loss = loss + match + cfg.prior_weight * shell_penalty(z[slices[c]])
             history[c].append(float(match.detach()))
@@ -120,8 +132,15 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
             on_iteration()
     images = sample_images(backend, z.detach(), labels, cfg)
     return [ClassResult(c, images[slices[c]], history[c],
-                        final_match(images[slices[c]], refs[c], cfg, seed, c))
+                        final_match(images[slices[c]], refs[c], cfg, seed, c, backend.encode))
             for c in labels_order]
+
+
+@torch.no_grad()
+def blocks_in_batches(phi, images: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
+    """phi over ``images`` a batch at a time, blocks concatenated."""
+    parts = [phi(images[s:s + batch]) for s in range(0, len(images), batch)]
+    return [torch.cat(block) for block in zip(*parts)]
 
 
 def _class_slices(labels_order: list[int], counts: dict[int, int]) -> dict[int, slice]:
@@ -134,8 +153,8 @@ def _class_slices(labels_order: list[int], counts: dict[int, int]) -> dict[int, 
 
 @torch.no_grad()
 def final_match(images: torch.Tensor, reference: torch.Tensor, cfg: NoptConfig, seed: int,
-                label: int) -> float:
+                label: int, encode=None) -> float:
     """MMD^2 of the final images against all of R_c under one fixed feature draw."""
-    features = FeatureMap(cfg.feature_map, images.shape[1])
+    features = FeatureMap(cfg.feature_map, images.shape[1], encode=encode)
     phi = features.draw(seed, label, "final", device=images.device)
-    return float(sum(mmd2(f, r) for f, r in zip(phi(images), phi(reference))))
+    return float(sum(mmd2(f, r) for f, r in zip(phi(images), blocks_in_batches(phi, reference))))

@@ -6,6 +6,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pipeline.class_mapping import prior_class
 from pipeline.config import NoptConfig
 from pipeline.errors import DscoError
 from pipeline.images import encode_png, to_model_space, to_uint8
@@ -19,11 +20,12 @@ class NoiseOptimizerStage:
     """Holds one loaded prior and runs NOpt for the classes of the work units it is given."""
 
     def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
-                 device: str = "cpu"):
+                 device: str = "cpu", class_map: list[int] | None = None):
         self.backend = load_prior(model_path, device)
         self.cfg = cfg
         self.seed = seed
         self.class_names = class_names
+        self.class_map = class_map
 
     def run_unit(self, unit: WorkUnit, references: dict[int, np.ndarray] | None,
                  on_iteration: Callable[[], None] | None = None) -> UnitOutput:
@@ -32,8 +34,9 @@ class NoiseOptimizerStage:
         out = UnitOutput(unit.unit_id)
         counts = {b.label: b.synthetic for b in unit.budgets if b.synthetic > 0}
         refs = {c: self._reference(c, n, references) for c, n in counts.items()}
+        conditioning = {c: prior_class(self.class_map, c) for c in counts}
         results = {r.label: r for r in optimize_classes(self.backend, counts, refs, self.cfg,
-                                                        self.seed, on_iteration)}
+                                                        self.seed, on_iteration, conditioning)}
         for budget in unit.budgets:
             result = results.get(budget.label)
             if result is None:
@@ -54,7 +57,7 @@ class NoiseOptimizerStage:
         if references is None:
             return data_free_reference(self.backend, label,
                                        self.cfg.reference_multiplier * count, self.cfg,
-                                       self.seed)
+                                       self.seed, prior_class(self.class_map, label))
         images = to_model_space(references[label])
         if tuple(images.shape[1:]) != tuple(self.backend.image_shape):
             raise DscoError(f"the real images of class {label} are {tuple(images.shape[1:])} "

@@ -22,7 +22,7 @@ def test_missing_model_exits_2_with_the_fix(capsys, digits_dir, tmp_path):
                  "--set", f"model.path={tmp_path / 'nope'}"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "not a DsCo prior directory" in err and "dsco train-prior" in err
+    assert "neither a DsCo prior directory" in err and "dsco train-prior" in err
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -2,6 +2,8 @@
 running anything; it explains what is missing instead of failing where it can."""
 import json
 
+import pytest
+
 from cluster.cli import main
 from cluster.costs import RESULTS
 from tests.conftest import REPO
@@ -51,6 +53,19 @@ def test_without_model_or_data_it_says_what_is_missing(capsys, tmp_path):
     assert "estimate: unavailable" in out
     code, _, err = plan(capsys, *missing)
     assert code == 2 and "Pass --classes N" in err
-    code, _, err = plan(capsys, *missing, "--classes", "10", "--set", "size.ipc=null",
-                        "--set", "size.fraction=0.5")
-    assert code == 2 and "--samples-per-class" in err
+    code, out, _ = plan(capsys, *missing, "--classes", "10", "--set", "size.ipc=null",
+                        "--set", "size.fraction=0.5", "--set", "size.synthetic_cap=5")
+    assert code == 0 and "samples: ? (50 synthetic, ? real) in ? shards" in out
+    assert "pass --samples-per-class N" in out
+
+
+@pytest.mark.parametrize("name,synthetic", [("imagenet1k-ipc10", 10000),
+                                            ("imagenet1k-ipc50", 50000),
+                                            ("imagenet1k-half", 50000),
+                                            ("imagewoof-ipc10", 100)])
+def test_the_imagenet_configs_plan_without_their_data_or_model(capsys, name, synthetic):
+    code = main(["plan", str(REPO / "configs" / f"{name}.yaml")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"({synthetic} synthetic" in out and "GPU-hours of NOpt" in out
+    assert "note: model missing" in out and "note: input missing" in out

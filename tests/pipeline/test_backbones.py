@@ -1,0 +1,100 @@
+"""pretrained:<path> feature maps: ResNets in the transformers and torchvision layouts load into
+the project's module and compute what transformers' own ResNet computes; unsafe or wrong files
+are refused; NOpt runs with pretrained and latent feature maps."""
+import pickle
+
+import pytest
+import torch
+from transformers import ResNetConfig, ResNetForImageClassification, ResNetModel
+
+from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD, load_resnet
+from pipeline.config import NoptConfig, load_config
+from pipeline.errors import DscoError
+from pipeline.nopt import optimize_classes
+from pipeline.prior import load_prior
+
+RESNET18 = dict(depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], layer_type="basic")
+RESNET50 = dict(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048],
+                layer_type="bottleneck")
+
+
+def hf_resnet(shape: dict, classifier: bool = False):
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=64, num_labels=10, **shape)
+    model = (ResNetForImageClassification if classifier else ResNetModel)(config).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so the test sees them used
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+    return model
+
+
+def hf_blocks(model, images: torch.Tensor) -> list[torch.Tensor]:
+    """transformers' stage outputs, pooled, for images in [-1, 1] at 224 px."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    resnet = model.resnet if hasattr(model, "resnet") else model
+    hidden = resnet((((images + 1) / 2) - mean) / std, output_hidden_states=True).hidden_states
+    return [h.mean(dim=(2, 3)) for h in hidden[1:]]
+
+
+@pytest.mark.parametrize("shape,classifier", [(RESNET18, False), (RESNET50, True)])
+def test_transformers_layout_loads_and_matches_transformers(tmp_path, shape, classifier):
+    model = hf_resnet(shape, classifier)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ours = load_resnet(str(tmp_path / "model.safetensors"))
+    images = torch.rand(2, 3, 224, 224) * 2 - 1
+    with torch.no_grad():
+        for mine, theirs in zip(ours(images), hf_blocks(model, images)):
+            assert mine.shape == theirs.shape
+            assert torch.allclose(mine, theirs, atol=1e-4)
+
+
+def test_torchvision_layout_weights_only_files_load_and_pickles_are_refused(tmp_path):
+    ours = load_resnet(_saved_hf18(tmp_path))
+    torch.save(ours.state_dict(), tmp_path / "resnet18.pth")  # torchvision's names
+    again = load_resnet(str(tmp_path / "resnet18.pth"))
+    images = torch.rand(1, 3, 40, 40) * 2 - 1
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(ours(images), again(images)))
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(DscoError, match="weights-only"):
+        load_resnet(str(tmp_path / "evil.pt"))
+    with pytest.raises(DscoError, match="do not exist"):
+        load_resnet(str(tmp_path / "missing.safetensors"))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _saved_hf18(tmp_path) -> str:
+    hf_resnet(RESNET18).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    return str(tmp_path / "hf" / "model.safetensors")
+
+
+def test_nopt_runs_with_a_pretrained_feature_map(tmp_path, tiny_prior):
+    weights = _saved_hf18(tmp_path)
+    backend = load_prior(str(tiny_prior))  # 1-channel 8x8: expanded to RGB, resized to 224
+    refs = {3: torch.rand(16, 1, 8, 8) * 2 - 1}
+    cfg = NoptConfig(iterations=2, ddim_steps=2, feature_map=f"pretrained:{weights}")
+    [result] = optimize_classes(backend, {3: 4}, refs, cfg, seed=0)
+    assert len(result.loss_history) == 2 and result.final_loss >= 0
+
+
+def test_nopt_runs_with_the_latent_feature_map(tiny_dit):
+    backend = load_prior(str(tiny_dit))
+    refs = {0: torch.rand(8, 3, 32, 32) * 2 - 1}
+    cfg = NoptConfig(iterations=2, ddim_steps=2, feature_map="latent")
+    [result] = optimize_classes(backend, {0: 2}, refs, cfg, seed=0)
+    assert len(result.loss_history) == 2
+
+
+def test_feature_map_names_are_checked_with_the_config():
+    with pytest.raises(DscoError, match="nopt.feature_map 'resnet' is unknown"):
+        load_config(None, ["output=x", "model.path=m", "input.url=i", "nopt.feature_map=resnet"])
+    with pytest.raises(DscoError, match="doping.encoder 'latent' is unknown"):
+        load_config(None, ["output=x", "model.path=m", "input.url=i", "doping.encoder=latent"])
