@@ -18,6 +18,9 @@ class Coordinator:
     def committed_units(self) -> set[int]:
         return self.writer.committed_units()
 
+    def start(self, planned_shards: int) -> None:
+        self.writer.start(planned_shards)
+
     def write_unit(self, unit: WorkUnit, output: UnitOutput) -> dict:
         """Write and commit a unit; a failed unit comes back as ``ok: False``."""
         if not output.ok:

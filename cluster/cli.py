@@ -33,6 +33,38 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from pipeline.runs import list_runs
+
+    runs = list_runs(args.output)
+    if not runs:
+        print(f"no runs under {args.output}")
+    for run in runs:
+        print(f"{run.run_id}  {run.state:<10} {run.samples:>8} samples {run.bytes / 2**20:>9.1f} "
+              f"MiB  {run.updated or '-':<20}{'  latest' if run.latest else ''}")
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from pipeline.runs import gc
+
+    doomed = gc(args.output, args.keep, args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for run in doomed:
+        print(f"{verb} {run.run_id} ({run.state}, {run.samples} samples)")
+    print(f"{verb} {len(doomed)} run(s); kept the newest {args.keep} complete, the latest and "
+          "any being written")
+    return 0
+
+
+def _cmd_follow(args: argparse.Namespace) -> int:
+    from pipeline.follow import follow_run
+
+    for shard in follow_run(args.index_url, args.poll, args.timeout, verify=not args.no_verify):
+        print(f"{shard.generation} {shard.url} {shard.size} {shard.sha256}", flush=True)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cluster.demo import format_table, run_demo
 
@@ -106,6 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
                       "when the data is not readable")
     plan.set_defaults(func=_cmd_plan)
 
+    runs = sub.add_parser("runs", help="list the runs under an output with state and size")
+    runs.add_argument("output")
+    runs.set_defaults(func=_cmd_runs)
+
+    gc = sub.add_parser("gc", help="delete old complete runs and abandoned incomplete ones")
+    gc.add_argument("output")
+    gc.add_argument("--keep", type=int, required=True, help="complete runs to keep (newest)")
+    gc.add_argument("--dry-run", action="store_true")
+    gc.set_defaults(func=_cmd_gc)
+
+    follow = sub.add_parser("follow", help="print each shard of a run as it is committed; "
+                            "ends when the run completes")
+    follow.add_argument("index_url", help="a run's index.json URL (or the run folder)")
+    follow.add_argument("--poll", type=float, default=2.0, help="seconds between index reads")
+    follow.add_argument("--timeout", type=float, help="give up after this many seconds")
+    follow.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    follow.set_defaults(func=_cmd_follow)
+
     demo = sub.add_parser("demo", help="digits end to end on local Ray, with evaluation")
     demo.add_argument("--out", required=True)
     demo.add_argument("--ipc", type=int, default=10)
@@ -140,10 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dsco` console script; returns the exit code."""
     from cluster.driver import JobFailed
+    from pipeline.lock import LockHeld
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except LockHeld as exc:
+        print(f"busy: {exc}", file=sys.stderr)
+        return 3
     except DscoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

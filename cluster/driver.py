@@ -22,6 +22,7 @@ from pipeline.config import JobConfig
 from pipeline.class_mapping import check_prior_fits, data_free_classes
 from pipeline.datasets import list_input
 from pipeline.errors import DscoError
+from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, make_plan
 from pipeline.prior import read_prior_meta
@@ -55,10 +56,27 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     meta = read_prior_meta(cfg.model.path)
     rid = fingerprint(cfg)
     run_url = join(cfg.output, rid)
+    done = _if_complete(rid, run_url)
+    if done:
+        return done
+    with OutputLock(cfg.output, rid, cfg.execution.lease_seconds) as lock:
+        # checked again under the lock: a run that held it may have just finished this one
+        return _if_complete(rid, run_url) or _run_locked(cfg, address, meta, rid, run_url,
+                                                         started, lock, progress)
+
+
+def _if_complete(rid: str, run_url: str) -> JobResult | None:
+    """The "up to date" result if the run with this id is complete, else None."""
     index = read_json(join(run_url, "index.json"))
     if index and index.get("complete"):
         return JobResult(rid, run_url, "up to date",
                          read_json(join(run_url, "report", "metrics.json")) or {})
+    return None
+
+
+def _run_locked(cfg: JobConfig, address: str | None, meta, rid: str, run_url: str,
+                started: float, lock: OutputLock, progress: bool) -> JobResult:
+    """The run itself, while this process holds the output's lock."""
     connect(address)
     io_options = io_actor_options(head_node_id())
     coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
@@ -74,9 +92,11 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
         class_names = data_free_classes(cfg, meta)
         class_sizes = [0] * len(class_names)
     plan = make_plan(cfg, class_sizes)
+    ray.get(coordinator.start.remote(plan.num_shards))
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]
-    by_node = _run_units(cfg, todo, coordinator, selector, class_names, progress)
+    by_node = _run_units(cfg, todo, coordinator, selector, class_names, progress, lock)
+    lock.check()
     metrics = ray.get(coordinator.finalize.remote(class_names, started))
     return JobResult(rid, run_url, "complete", metrics, dict(by_node))
 
@@ -93,7 +113,7 @@ def _get_or_raise_input_error(ref):
 
 
 def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
-               class_names: list[str], progress: bool) -> Counter:
+               class_names: list[str], progress: bool, lock: OutputLock) -> Counter:
     """Give units to free actors until all are committed or failed for good; return how many
     units each node optimised."""
     by_node: Counter = Counter()
@@ -116,6 +136,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     written = tqdm(total=len(units), desc="units written", unit="unit", disable=not progress)
     try:
         while pending or running or writing:
+            lock.check()
             pool.top_up(len(pending) + len(running))
             while pool.has_idle() and pending:
                 actor, unit = pool.lend(), pending.popleft()
@@ -157,6 +178,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     except ActorsCannotStart as exc:
         raise JobFailed(f"{exc}. Committed units are kept; fix the cause and rerun the same "
                         "command to resume.") from None
+    except LockLost as exc:
+        raise JobFailed(str(exc)) from None
     finally:
         pool.shutdown()
         optimised.close()

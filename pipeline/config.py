@@ -95,6 +95,7 @@ class ExecutionConfig:
     accelerator: str = "auto"  # auto: GPUs when the cluster has any; gpu; cpu
     cpus_per_actor: int = 1
     gpus_per_actor: float = 1.0
+    lease_seconds: float = 60.0  # the output lock's lease, renewed every third of it
 
 
 @dataclass
@@ -278,5 +279,7 @@ def validate(cfg: JobConfig) -> None:
              "GPU nodes start on demand).")
     _require(ex.cpus_per_actor >= 1, f"execution.cpus_per_actor must be >= 1, got "
              f"{ex.cpus_per_actor}.")
+    _require(ex.lease_seconds >= 1, f"execution.lease_seconds must be >= 1, got "
+             f"{ex.lease_seconds}.")
     _require(0 < ex.gpus_per_actor <= 1, "execution.gpus_per_actor must be in (0, 1], got "
              f"{ex.gpus_per_actor}.")

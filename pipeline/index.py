@@ -31,6 +31,12 @@ class RunIndex:
         """Units whose shards are all committed (their work is never redone)."""
         return {int(u) for u in self.data["units"]}
 
+    def set_planned_shards(self, count: int) -> None:
+        """Commit the plan's shard count once, when a run starts (a resumed run has it)."""
+        if self.data.get("planned_shards") != count:
+            self.data["planned_shards"] = count
+            self._commit()
+
     def commit_unit(self, unit_id: int, shards: list[dict], metrics: dict) -> int:
         """Add a unit's shards and metrics in one new generation; returns the generation."""
         names = {s["name"] for s in shards}

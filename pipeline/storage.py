@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any, Callable, TypeVar
 
 import fsspec
@@ -67,9 +68,14 @@ def write_bytes(url: str, data: bytes) -> None:
     fs, path = filesystem(url)
 
     def put() -> None:
-        if isinstance(fs, LocalFileSystem):
+        if isinstance(fs, LocalFileSystem):  # readers must never see half a file
             fs.makedirs(os.path.dirname(path), exist_ok=True)
-        with fs.open(path, "wb") as f:
+            partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+            with open(partial, "wb") as f:
+                f.write(data)
+            os.replace(partial, path)
+            return
+        with fs.open(path, "wb") as f:  # an object store PUT is atomic already
             f.write(data)
 
     try:
@@ -77,6 +83,47 @@ def write_bytes(url: str, data: bytes) -> None:
     except FileNotFoundError as exc:
         raise DscoError(f"cannot write {url!r}: the bucket or folder does not exist ({exc}). "
                         "Create the bucket, or fix the output URL.") from exc
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create ``url`` holding ``data`` only if nothing is there; False if something is.
+
+    Atomic on local disks (O_EXCL) and on S3 servers that honour ``If-None-Match: *`` (AWS,
+    Ceph RGW, moto); a server that ignores the header overwrites, which callers must detect
+    by reading back.
+    """
+    fs, path = filesystem(url)
+
+    def create() -> bool:
+        if isinstance(fs, LocalFileSystem):
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if "precondition" in str(exc).lower():
+                return False
+            raise
+        return True
+
+    return with_retries(f"create {url}", create)
+
+
+def delete(url: str) -> None:
+    """Delete the object at ``url`` (nothing if it is gone already)."""
+    fs, path = filesystem(url)
+    try:
+        with_retries(f"delete {url}", lambda: fs.rm(path, recursive=fs.isdir(path)))
+    except FileNotFoundError:
+        pass
 
 
 def read_bytes(url: str) -> bytes:

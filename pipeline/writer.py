@@ -32,6 +32,10 @@ class RunWriter:
         """Work units already in the index (skipped when a run resumes)."""
         return self.index.committed_units()
 
+    def start(self, planned_shards: int) -> None:
+        """Record how many shards the plan has (readers of a growing run wait for each)."""
+        self.index.set_planned_shards(planned_shards)
+
     def write_unit(self, unit: WorkUnit, output: UnitOutput) -> dict:
         """Write a unit's samples into its fixed shard numbers and commit them in one step."""
         samples = output.samples

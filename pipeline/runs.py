@@ -1,0 +1,75 @@
+"""The runs under one output: list them with their state, and delete old ones (gc)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.lock import LockHeld, OutputLock, lock_holder
+from pipeline.storage import delete, filesystem, join, read_json, with_retries
+
+NOT_RUNS = ("cache",)
+GC_LEASE_S = 60.0
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder: ``state`` is complete, writing (a live run holds the output's lock for
+    it) or incomplete (abandoned, or waiting to be resumed)."""
+
+    run_id: str
+    state: str
+    samples: int
+    bytes: int
+    updated: str
+    latest: bool
+
+
+def list_runs(output_url: str) -> list[RunInfo]:
+    """Every run folder under ``output_url``, newest first."""
+    fs, root = filesystem(output_url)
+    try:
+        entries = with_retries(f"list {output_url}", lambda: fs.ls(root, detail=True))
+    except FileNotFoundError:
+        return []
+    latest = (read_json(join(output_url, "latest.json")) or {}).get("run_id")
+    holder = lock_holder(output_url)
+    runs = []
+    for entry in entries:
+        run_id = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry["type"] != "directory" or run_id in NOT_RUNS:
+            continue
+        index = read_json(join(output_url, run_id, "index.json")) or {}
+        state = "complete" if index.get("complete") else \
+            "writing" if holder is not None and holder.run_id == run_id else "incomplete"
+        shards = index.get("shards", [])
+        runs.append(RunInfo(run_id, state, sum(s["nsamples"] for s in shards),
+                            sum(s["bytes"] for s in shards), index.get("updated", ""),
+                            run_id == latest))
+    return sorted(runs, key=lambda r: (r.updated, r.run_id), reverse=True)
+
+
+def plan_gc(runs: list[RunInfo], keep: int) -> list[RunInfo]:
+    """What gc deletes: complete runs beyond the newest ``keep``, and incomplete runs, but
+    never the latest run nor one being written."""
+    complete = [r for r in runs if r.state == "complete"]
+    kept = {r.run_id for r in complete[:keep]}
+    return [r for r in runs if not r.latest and r.state != "writing"
+            and (r.state == "incomplete" or r.run_id not in kept)]
+
+
+def gc(output_url: str, keep: int, dry_run: bool = False) -> list[RunInfo]:
+    """Delete what :func:`plan_gc` picks; return it. Holds the output's lock while deleting
+    (so no run starts meanwhile) unless a live run holds it, whose run is then left alone."""
+    lock = OutputLock(output_url, "gc", GC_LEASE_S)
+    try:
+        lock.acquire()
+    except LockHeld:
+        lock = None  # a live run: list_runs marks its run "writing" and gc skips it
+    try:
+        doomed = plan_gc(list_runs(output_url), keep)
+        if not dry_run:
+            for run in doomed:
+                delete(join(output_url, run.run_id))
+        return doomed
+    finally:
+        if lock is not None:
+            lock.release()
