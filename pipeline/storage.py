@@ -109,12 +109,19 @@ def create_exclusive(url: str, data: bytes) -> bool:
         except FileExistsError:
             return False
         except OSError as exc:
-            if "precondition" in str(exc).lower():
+            if _precondition_failed(exc):
                 return False
             raise
         return True
 
     return with_retries(f"create {url}", create)
+
+
+def _precondition_failed(exc: OSError) -> bool:
+    """Whether an S3 error is HTTP 412 (some servers send no message, only the code)."""
+    cause = getattr(exc.__cause__, "response", None) or {}
+    return cause.get("Error", {}).get("Code") == "PreconditionFailed" or \
+        "precondition" in str(exc).lower()
 
 
 def delete(url: str) -> None:

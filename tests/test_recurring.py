@@ -1,0 +1,173 @@
+"""Recurring runs and streaming readers, end to end on a local Ray: one run at a time per
+output, new input -> new run and latest moves, runs/gc, readers that follow a run while it is
+written, and a driver killed with SIGKILL whose rerun finishes with identical output."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.cli import main
+from cluster.driver import fingerprint, run_job
+from pipeline.config import load_config
+from pipeline.follow import follow_run, webdataset_of_run
+from pipeline.reader import iter_samples, read_index
+from pipeline.storage import read_json
+from tests.conftest import REPO, s3_bucket
+
+pytestmark = pytest.mark.ray
+DIGITS = str(REPO / "configs" / "digits.yaml")
+FAST = ["nopt.iterations=2", "nopt.ddim_steps=2", "nopt.batch_size=32", "size.ipc=2",
+        "execution.classes_per_unit=3", "write.shard_size=7"]
+SLOW = ["nopt.iterations=40", "nopt.ddim_steps=3", "nopt.batch_size=32", "size.ipc=2",
+        "size.doping_fraction=0.5", "execution.classes_per_unit=1", "write.shard_size=50"]
+
+
+def sets(out, prior, data, options) -> list[str]:
+    return [f"output={out}", f"model.path={prior}", f"input.url={data}", *options]
+
+
+def job(out, prior, data, options=FAST):
+    return load_config(None, sets(out, prior, data, options))
+
+
+def sample_hashes(run_url: str) -> dict[str, str]:
+    out = {}
+    for sample in iter_samples(run_url):
+        key = sample.pop("__key__")
+        out[key] = hashlib.sha256(b"".join(sample[e] for e in sorted(sample))).hexdigest()
+    return out
+
+
+def test_a_second_run_of_the_same_job_exits_3_naming_the_holder(ray_local, capsys, tiny_prior,
+                                                                digits_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    now = time.time()
+    (out / "lock.json").write_text(json.dumps({
+        "token": "t", "run_id": "abc", "host": "node-7", "pid": 4242, "acquired": now,
+        "expires": now + 300}))
+    args = [a for s in sets(out, tiny_prior, digits_dir / "train", FAST) for a in ("--set", s)]
+    assert main(["--quiet", "run", DIGITS, *args]) == 3
+    assert "locked by pid 4242 on node-7 (run abc)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["lock.json"]  # nothing written
+
+
+def test_new_input_makes_a_new_run_latest_moves_and_gc_keeps_what_it_must(
+        ray_local, capsys, tiny_prior, digits_dir, tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(digits_dir / "train", data)
+    first = run_job(job(out, tiny_prior, data), progress=False)
+    assert run_job(job(out, tiny_prior, data), progress=False).status == "up to date"
+    names = json.loads((data / "classes.json").read_text())
+    (data / "classes.json").write_text(json.dumps([n.upper() for n in names]))  # new data
+    second = run_job(job(out, tiny_prior, data), progress=False)
+    assert second.status == "complete" and second.run_id != first.run_id
+    assert read_json(str(out / "latest.json"))["run_id"] == second.run_id
+    abandoned = out / ("0" * 16)
+    shutil.copytree(out / first.run_id, abandoned)
+    index = json.loads((abandoned / "index.json").read_text())
+    (abandoned / "index.json").write_text(json.dumps({**index, "complete": False}))
+    writing = out / ("1" * 16)
+    shutil.copytree(abandoned, writing)
+    now = time.time()  # a live run (on another node) holds the lock for `writing`
+    (out / "lock.json").write_text(json.dumps({
+        "token": "t", "run_id": writing.name, "host": "node-7", "pid": 1, "acquired": now,
+        "expires": now + 300}))
+    assert main(["runs", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{second.run_id}  complete" in listing and listing.count("latest") == 1
+    assert f"{writing.name}  writing" in listing and f"{abandoned.name}  incomplete" in listing
+    assert main(["gc", str(out), "--keep", "1"]) == 0
+    left = {p.name for p in out.iterdir()}
+    assert second.run_id in left and writing.name in left
+    assert first.run_id not in left and abandoned.name not in left
+
+
+def test_readers_started_before_the_run_see_every_sample_once_and_end_by_themselves(
+        ray_local, tiny_prior, digits_dir, tmp_path):
+    from cluster.ray_reader import read_run
+
+    cfg = job(tmp_path / "out", tiny_prior, digits_dir / "train",
+              [*SLOW, "nopt.iterations=10", "execution.actors=1"])
+    run_url = str(tmp_path / "out" / fingerprint(cfg))
+    rogue = Path(run_url) / "shards" / "000099.tar"  # bytes on disk that no index lists
+    rogue.parent.mkdir(parents=True)
+    rogue.write_bytes(b"a shard still being written")
+    seen: dict[str, list] = {"follow": [], "wds": [], "ray": [], "complete_at_yield": []}
+
+    def follow():
+        for shard in follow_run(run_url, poll_s=0.1, timeout_s=300):
+            seen["follow"].append(shard.name)
+            seen["complete_at_yield"].append(read_index(run_url)["complete"])
+
+    def wds_reader():
+        seen["wds"] = [s["__key__"] for s in webdataset_of_run(run_url, 0.1, 300)]
+
+    def ray_reader():
+        seen["ray"] = [row["__key__"] for row in read_run(run_url, 0.1, 300).iter_rows()]
+
+    readers = [threading.Thread(target=f) for f in (follow, wds_reader, ray_reader)]
+    for reader in readers:
+        reader.start()
+    result = run_job(cfg, progress=False)
+    for reader in readers:
+        reader.join(timeout=120)
+        assert not reader.is_alive(), "a reader did not end when the run completed"
+    keys = sorted(sample_hashes(result.run_url))
+    assert len(keys) == 20
+    assert sorted(seen["wds"]) == keys and sorted(seen["ray"]) == keys  # each exactly once
+    assert len(seen["follow"]) == len(set(seen["follow"])) == 10
+    assert "shards/000099.tar" not in seen["follow"]
+    assert not all(seen["complete_at_yield"])  # some shards arrived while the run was growing
+
+
+def kill_mid_run_and_resume(out_url: str, env: dict, prior, data) -> str:
+    """Start `dsco run`, SIGKILL it (and its local Ray) once a unit is committed, rerun."""
+    cmd = [sys.executable, "-m", "cluster.cli", "--quiet", "run", DIGITS,
+           *[a for s in sets(out_url, prior, data, SLOW) for a in ("--set", s)]]
+    run_url = f"{out_url}/{fingerprint(load_config(DIGITS, sets(out_url, prior, data, SLOW)))}"
+    driver = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            index = read_json(f"{run_url}/index.json")
+            if index and len(index["units"]) >= 1:
+                break
+            time.sleep(0.1)
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    index = read_index(run_url)
+    assert 1 <= len(index["units"]) < 10 and not index["complete"], "not killed mid-run"
+    rerun = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    return run_url
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_local_disk(
+        ray_local, tiny_prior, digits_dir, tmp_path):
+    data = digits_dir / "train"
+    undisturbed = run_job(job(tmp_path / "ref", tiny_prior, data, SLOW), progress=False)
+    run_url = kill_mid_run_and_resume(str(tmp_path / "out"), dict(os.environ), tiny_prior, data)
+    assert read_index(run_url)["complete"]
+    assert sample_hashes(run_url) == sample_hashes(undisturbed.run_url)
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_s3(ray_local, moto_env, tiny_prior,
+                                                              digits_dir, tmp_path):
+    data = digits_dir / "train"
+    bucket = s3_bucket(moto_env, "recurring")
+    undisturbed = run_job(job(f"{bucket}/ref", tiny_prior, data, SLOW), progress=False)
+    run_url = kill_mid_run_and_resume(f"{bucket}/out", {**os.environ, **moto_env}, tiny_prior,
+                                      data)
+    assert read_index(run_url)["complete"]
+    assert sample_hashes(run_url) == sample_hashes(undisturbed.run_url)
