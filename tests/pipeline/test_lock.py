@@ -81,18 +81,18 @@ def test_exactly_one_of_many_simultaneous_creates_wins_on_disk(tmp_path):
     assert race_to_create(str(tmp_path / "x" / "lock.json")) == 1
 
 
-def test_exactly_one_create_wins_and_the_lock_works_on_moto(moto_env):
-    bucket = s3_bucket(moto_env, "locks")
+def check_lock_on_s3(env: dict) -> None:
+    bucket = s3_bucket(env, "locks")
     assert race_to_create(f"{bucket}/race/lock.json") == 1
     with OutputLock(f"{bucket}/out", "a", lease_s=30):
         with pytest.raises(LockHeld):
             OutputLock(f"{bucket}/out", "b", lease_s=30).acquire()
+
+
+def test_exactly_one_create_wins_and_the_lock_works_on_moto(moto_env):
+    check_lock_on_s3(moto_env)
 
 
 @pytest.mark.radosgw
 def test_exactly_one_create_wins_and_the_lock_works_on_radosgw(radosgw_env):
-    bucket = s3_bucket(radosgw_env, "locks")
-    assert race_to_create(f"{bucket}/race/lock.json") == 1
-    with OutputLock(f"{bucket}/out", "a", lease_s=30):
-        with pytest.raises(LockHeld):
-            OutputLock(f"{bucket}/out", "b", lease_s=30).acquire()
+    check_lock_on_s3(radosgw_env)
