@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from actors.coordinator import Coordinator
 from actors.doping_selector import DopingSelector
 from actors.noise_optimizer import NoiseOptimizer
+from cluster.embed import embed_with_ray_data, embeddings_url_for
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import JobConfig
@@ -65,6 +66,18 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
                                                          started, lock, progress)
 
 
+def _embed_at_scale(cfg: JobConfig) -> str:
+    """Run the Ray Data embed stage (once per input, encoder and seed); return its URL."""
+    url = embeddings_url_for(cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed,
+                             join(cfg.output, "cache"))
+    resources = ray.cluster_resources()
+    use_gpus = cfg.execution.accelerator != "cpu" and resources.get("GPU", 0) > 0
+    actors = int(resources.get("GPU", 0) if use_gpus else resources.get("CPU", 1))
+    embed_with_ray_data(cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, url, use_gpus,
+                        actors)
+    return url
+
+
 def _if_complete(rid: str, run_url: str) -> JobResult | None:
     """The "up to date" result if the run with this id is complete, else None."""
     index = read_json(join(run_url, "index.json"))
@@ -82,8 +95,10 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, rid: str, run_url: st
     coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     selector = None
     if cfg.uses_real_data():
+        embeddings_url = _embed_at_scale(cfg) if cfg.doping.embed == "ray_data" else None
         selector = DopingSelector.options(**io_options).remote(
-            cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"))
+            cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"),
+            embeddings_url)
         summary = _get_or_raise_input_error(selector.prepare.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
         check_prior_fits(cfg, meta, len(class_sizes))

@@ -74,6 +74,9 @@ class DopingConfig:
 
     selector: str = "facility_location"  # facility_location | herding | kcenter | random
     encoder: str = "random_conv"  # psi: random_conv | pixels | pretrained:<path>
+    # memory: one actor reads and embeds the whole input (small data); ray_data: the Ray Data
+    # embed stage writes Parquet by class and doping loads one class at a time (large data)
+    embed: str = "memory"
     knn: int = 20
     exact_max: int = 50000  # classes larger than this use an HNSW index
 
@@ -264,6 +267,8 @@ def validate(cfg: JobConfig) -> None:
              f"{nopt.reference_multiplier}.")
     check_feature_map(nopt.feature_map, "nopt.feature_map")
     check_feature_map(cfg.doping.encoder, "doping.encoder", latent_allowed=False)
+    _require(cfg.doping.embed in ("memory", "ray_data"), f"doping.embed "
+             f"{cfg.doping.embed!r} is unknown; use 'memory' or 'ray_data'.")
     _require(cfg.doping.selector in SELECTORS, f"doping.selector {cfg.doping.selector!r} is "
              f"unknown; use one of {list(SELECTORS)}.")
     _require(cfg.doping.knn >= 1, f"doping.knn must be >= 1, got {cfg.doping.knn}.")

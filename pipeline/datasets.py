@@ -84,7 +84,7 @@ def read_dataset(url: str, layout: str) -> LabelledImages:
             if f.path == "classes.json":
                 names = json.loads(data)
             else:
-                samples.extend(_samples_in_tar(data, f.path))
+                samples.extend(input_samples_in_tar(data, f.path))
     else:
         folders = sorted({f.path.split("/", 1)[0] for f in files if f.path != "classes.json"})
         names = folders
@@ -110,11 +110,11 @@ def count_per_class(url: str, layout: str) -> list[int]:
     labels: list[int] = []
     for f in files:
         data = with_retries(f"read {f.path}", lambda p=f.path: fs.cat_file(f"{root}/{p}"))
-        labels.extend(label for _, label, _, _ in _samples_in_tar(data, f.path))
+        labels.extend(label for _, label, _, _ in input_samples_in_tar(data, f.path))
     return np.bincount(np.array(labels, dtype=np.int64)).tolist() if labels else []
 
 
-def _samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes, str]]:
+def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes, str]]:
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data))
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}

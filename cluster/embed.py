@@ -1,0 +1,128 @@
+"""The embed stage at scale: Ray Data reads the input shards (``read_webdataset``), an actor
+pool (one GPU each where the cluster has GPUs) embeds them with the doping encoder psi, and
+the rows (key, label, shard, embedding) land in Parquet partitioned by label, so the
+DopingSelector can load one class at a time (``pipeline.class_store.ShardedStore``).
+
+psi's per-block scales are fitted first on a seeded sample of the data (the first shards, up
+to ``FIT_SAMPLES`` images), so every actor embeds with the same fixed encoder.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from pipeline.class_store import META, embedding_tag
+from pipeline.config import DopingConfig
+from pipeline.datasets import input_samples_in_tar, list_input
+from pipeline.errors import DscoError
+from pipeline.features import FixedEncoder
+from pipeline.images import decode_image, to_model_space
+from pipeline.storage import filesystem, join, read_json, write_json
+
+FIT_SAMPLES = 2048
+BATCH = 256
+
+
+def embeddings_url_for(input_url: str, layout: str, doping: DopingConfig, seed: int,
+                       cache_url: str) -> str:
+    """Where the embed stage writes for this input, encoder and seed."""
+    tag = embedding_tag(list_input(input_url, layout), doping.encoder, seed)
+    return join(cache_url, f"embeddings-{tag}")
+
+
+def embed_with_ray_data(input_url: str, layout: str, doping: DopingConfig, seed: int,
+                        out_url: str, use_gpus: bool, actors: int) -> dict:
+    """Embed every input sample into ``out_url`` (skipped when its meta.json exists);
+    return the meta (class names and sizes, encoder, scales)."""
+    done = read_json(join(out_url, META))
+    if done is not None:
+        return done
+    if layout != "webdataset":
+        raise DscoError("doping.embed: ray_data reads WebDataset shards; convert the input "
+                        f"(layout {layout!r}) or use doping.embed: memory.")
+    listing = list_input(input_url, layout)
+    fs, root = filesystem(input_url)
+    shards = [f.path for f in listing if f.path.endswith(".tar")]
+    names = next((json.loads(fs.cat_file(f"{root}/classes.json")) for f in listing
+                  if f.path == "classes.json"), None)
+    encoder, channels = _fitted_encoder(fs, root, shards, doping.encoder, seed)
+    dataset = ray.data.read_webdataset([f"{input_url.rstrip('/')}/{s}" for s in shards],
+                                       decoder=None, include_paths=True)
+    embedded = dataset.map_batches(
+        EmbedBatch, fn_constructor_kwargs={"name": doping.encoder, "channels": channels,
+                                           "seed": seed, "scales": encoder.scales,
+                                           "shards": shards},
+        batch_size=BATCH, batch_format="pyarrow", concurrency=(1, max(1, actors)),
+        num_gpus=1 if use_gpus else 0, num_cpus=0 if use_gpus else 1)
+    embedded.write_parquet(out_url, partition_cols=["label"])
+    sizes = _rows_per_label(out_url)
+    num_classes = max(sizes) + 1 if sizes else 0
+    meta = {"class_names": names or [str(i) for i in range(num_classes)],
+            "class_sizes": [sizes.get(c, 0) for c in range(num_classes)],
+            "encoder": doping.encoder, "channels": channels, "seed": seed,
+            "scales": encoder.scales}
+    write_json(join(out_url, META), meta)  # last: its presence marks the stage complete
+    return meta
+
+
+def _rows_per_label(out_url: str) -> dict[int, int]:
+    """Rows in each ``label=<c>`` partition, from the Parquet footers."""
+    fs, root = filesystem(out_url)
+    sizes: dict[int, int] = {}
+    for path in fs.find(root):
+        part = next((p for p in path.split("/") if p.startswith("label=")), None)
+        if part and path.endswith(".parquet"):
+            with fs.open(path, "rb") as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            sizes[int(part[len("label="):])] = sizes.get(int(part[len("label="):]), 0) + rows
+    return sizes
+
+
+def _fitted_encoder(fs, root: str, shards: list[str], name: str,
+                    seed: int) -> tuple[FixedEncoder, int]:
+    images = []
+    for shard in shards:
+        for key, _, data, _ in input_samples_in_tar(fs.cat_file(f"{root}/{shard}"), shard):
+            images.append(decode_image(data, key))
+        if len(images) >= FIT_SAMPLES:
+            break
+    stacked = np.stack(images[:FIT_SAMPLES])
+    encoder = FixedEncoder(name, stacked.shape[-1], seed)
+    return encoder.fit(to_model_space(stacked)), stacked.shape[-1]
+
+
+class EmbedBatch:
+    """A Ray Data actor: decode a batch of samples and embed it with the fitted psi."""
+
+    def __init__(self, name: str, channels: int, seed: int, scales: list[float],
+                 shards: list[str]):
+        self.device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.encoder = FixedEncoder(name, channels, seed)
+        self.encoder.scales = scales
+        self.encoder.feature = _to_device(self.encoder.feature, self.device)
+        self.shards = shards
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keys = batch.column("__key__").to_pylist()
+        image_column = next(c for c in ("png", "jpg", "jpeg", "webp") if c in batch.column_names)
+        images = np.stack([decode_image(data, key) for key, data in
+                           zip(keys, batch.column(image_column).to_pylist())])
+        labels = [int(v.decode().strip()) for v in batch.column("cls").to_pylist()]
+        with torch.no_grad():
+            vectors = self.encoder(to_model_space(images).to(self.device)).cpu().numpy()
+        urls = batch.column("__url__").to_pylist()
+        return pa.table({"key": keys, "label": labels,
+                         "shard": [self._shard_of(u) for u in urls],
+                         "embedding": pa.array(list(vectors), pa.list_(pa.float32()))})
+
+    def _shard_of(self, url: str) -> str:
+        return next(s for s in self.shards if url.endswith("/" + s) or url == s)
+
+
+def _to_device(feature, device: str):
+    return feature.to(device) if isinstance(feature, torch.nn.Module) else feature
