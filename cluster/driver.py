@@ -5,6 +5,7 @@ DopingSelector and the Coordinator as object refs; the driver only sees small st
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from actors.noise_optimizer import NoiseOptimizer
 from cluster.embed import embed_with_ray_data, embeddings_url_for
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
-from pipeline.config import JobConfig
+from pipeline.config import PRETRAINED, JobConfig
 from pipeline.class_mapping import check_prior_fits, data_free_classes
 from pipeline.datasets import list_input
 from pipeline.errors import DscoError
@@ -48,7 +49,15 @@ class JobResult:
 def fingerprint(cfg: JobConfig) -> str:
     """The run_id of ``cfg`` (reads the input listing and hashes the model files)."""
     listing = list_input(cfg.input.url, cfg.input.layout) if cfg.uses_real_data() else []
-    return compute_run_id(cfg, listing, model_fingerprint(cfg.model.path, cfg.model.revision))
+    weights = sorted({name[len(PRETRAINED):] for name in (cfg.nopt.feature_map, cfg.doping.encoder)
+                      if name.startswith(PRETRAINED)})
+    missing = [w for w in weights if not os.path.isfile(w)]
+    if missing:
+        raise DscoError(f"pretrained weights {missing[0]!r} (from pretrained:<path>) do not "
+                        "exist here; put the file at that path on the driver's node and on "
+                        "every node that runs the job.")
+    return compute_run_id(cfg, listing, model_fingerprint(cfg.model.path, cfg.model.revision,
+                                                          weights))
 
 
 def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -> JobResult:

@@ -12,19 +12,24 @@ from pipeline.datasets import InputFile
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
 
 
-def model_fingerprint(model_dir: str, revision: str) -> list:
-    """(name, size, sha256-or-mtime) for every file of the model directory, plus the revision."""
+def file_version(path: str) -> list:
+    """[size, sha256] of a file (its mtime instead of the hash when it is very large)."""
+    size = os.path.getsize(path)
+    if size > HASH_CONTENT_LIMIT:
+        return [size, str(os.path.getmtime(path))]
+    with open(path, "rb") as f:
+        return [size, hashlib.sha256(f.read()).hexdigest()]
+
+
+def model_fingerprint(model_dir: str, revision: str, extra_files: list[str] = ()) -> list:
+    """(name, size, sha256-or-mtime) for every file of the model directory and every extra
+    file (pretrained feature-map weights), plus the revision."""
     rows: list = [["revision", revision]]
     for root, _, files in sorted(os.walk(model_dir)):
         for name in sorted(files):
             path = os.path.join(root, name)
-            size = os.path.getsize(path)
-            if size <= HASH_CONTENT_LIMIT:
-                with open(path, "rb") as f:
-                    version = hashlib.sha256(f.read()).hexdigest()
-            else:
-                version = str(os.path.getmtime(path))
-            rows.append([os.path.relpath(path, model_dir), size, version])
+            rows.append([os.path.relpath(path, model_dir), *file_version(path)])
+    rows += [[path, *file_version(path)] for path in extra_files]
     return rows
 
 

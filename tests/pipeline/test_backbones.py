@@ -98,3 +98,27 @@ def test_feature_map_names_are_checked_with_the_config():
         load_config(None, ["output=x", "model.path=m", "input.url=i", "nopt.feature_map=resnet"])
     with pytest.raises(DscoError, match="doping.encoder 'latent' is unknown"):
         load_config(None, ["output=x", "model.path=m", "input.url=i", "doping.encoder=latent"])
+
+
+def test_the_run_id_follows_the_pretrained_weights_and_missing_weights_are_explained(
+        tmp_path, tiny_prior, digits_dir):
+    from cluster.driver import fingerprint
+
+    weights = _saved_hf18(tmp_path)
+
+    def run_id():
+        return fingerprint(load_config(None, [
+            "output=o", f"model.path={tiny_prior}", f"input.url={digits_dir / 'train'}",
+            f"nopt.feature_map=pretrained:{weights}"]))
+
+    before = run_id()
+    hf_resnet(RESNET18).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    assert run_id() == before  # same bytes, same id
+    model = hf_resnet(RESNET18)
+    with torch.no_grad():
+        model.embedder.embedder.convolution.weight.add_(1.0)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    assert run_id() != before
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    with pytest.raises(DscoError, match="do not exist here"):
+        run_id()
