@@ -123,6 +123,9 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
         if progress:
             print(f"{key}: {row['images']} images, " + ", ".join(
                 f"{a} {row[a]['mean']:.2f} +- {row[a]['std']:.2f}" for a in ARCHS))
+    keys = {f"{method} @ {size}" for method, size, _ in cells}
+    results["cells"] = {k: v for k, v in results["cells"].items() if k in keys}  # drop stale
+    write_json(results_url, results)
     write_bytes(join(out, "results.md"), markdown_tables(results).encode())
     write_bytes(join(out, "accuracy_vs_size.png"), plot(results))
     return results
