@@ -85,6 +85,12 @@ def test_new_input_makes_a_new_run_latest_moves_and_gc_keeps_what_it_must(
     listing = capsys.readouterr().out
     assert f"{second.run_id}  complete" in listing and listing.count("latest") == 1
     assert f"{writing.name}  writing" in listing and f"{abandoned.name}  incomplete" in listing
+    assert main(["follow", str(abandoned / "index.json"), "--poll", "0.1",
+                 "--timeout", "0.3"]) == 2
+    assert "not complete" in capsys.readouterr().err
+    assert main(["follow", str(out / second.run_id / "index.json")]) == 0
+    followed = capsys.readouterr().out.splitlines()
+    assert len(followed) == len(read_index(str(out / second.run_id))["shards"]) == 4
     assert main(["gc", str(out), "--keep", "1"]) == 0
     left = {p.name for p in out.iterdir()}
     assert second.run_id in left and writing.name in left
