@@ -44,7 +44,7 @@ ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "T=25": ("IPC 10", ["nopt.iterations=25"]),
     "T=50": ("IPC 10", ["nopt.iterations=50"]),
     "T=200": ("IPC 10", ["nopt.iterations=200"]),
-    "K=10": ("IPC 10", ["nopt.ddim_steps=10"]),
+    "K=5": ("IPC 10", ["nopt.ddim_steps=5"]),
     "K=20": ("IPC 10", ["nopt.ddim_steps=20"]),
     "lambda=0": ("IPC 10", ["nopt.prior_weight=0"]),
     "lambda=0.5": ("IPC 10", ["nopt.prior_weight=0.5"]),

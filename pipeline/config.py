@@ -58,7 +58,7 @@ class NoptConfig:
 
     data_free: bool = False
     iterations: int = 100  # T; 0 gives plain sampling
-    ddim_steps: int = 5  # K (5 matched 10 on the digits benchmark at half the cost)
+    ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
     guidance: float = 1.0
