@@ -46,12 +46,13 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 def io_actor_options(node_id: str | None = None) -> dict:
     """Options for the Coordinator and DopingSelector: no CPU reservation (they mostly wait on
     storage, and must not starve the optimisers), no GPU, the driver's storage settings, and
-    (given ``node_id``, the head's) a soft pin there, so that losing a worker node never takes
-    them down: the head lives as long as the cluster."""
+    (given ``node_id``, the head's) a pin there, so that losing a worker node never takes them
+    down: the head lives as long as the cluster. The pin is hard: a soft one was seen to place
+    them on a worker whenever the head has no CPUs (Ray 2.60), which a node loss then killed."""
     env = {k: os.environ[k] for k in STORAGE_ENV_VARS if k in os.environ}
     options = {"num_cpus": 0, "num_gpus": 0, "runtime_env": {"env_vars": env}}
     if node_id:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     return options
 
 

@@ -10,7 +10,7 @@ import ray
 
 from actors.noise_optimizer import NoiseOptimizer
 from cluster.driver import run_job
-from cluster.resources import optimizer_shape
+from cluster.resources import head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import ExecutionConfig, NoptConfig, load_config
 from pipeline.reader import iter_samples, read_index
 from pipeline.storage import read_json
@@ -55,9 +55,15 @@ def test_fractional_gpus_put_two_actors_on_each_gpu(fresh_cluster, tiny_prior):
     assert Counter(p["gpu_ids"][0] for p in placements) == {"0": 2, "1": 2}
 
 
+@ray.remote
+class Where:
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
 def job(out, prior):
     return load_config(None, [f"output={out}", f"model.path={prior}", "nopt.data_free=true",
-                              "nopt.iterations=40", "nopt.ddim_steps=4", "nopt.batch_size=16",
+                              "nopt.iterations=100", "nopt.ddim_steps=4", "nopt.batch_size=16",
                               "size.ipc=2", "execution.classes_per_unit=1",
                               "execution.max_retries=3", "write.shard_size=50"])
 
@@ -78,10 +84,13 @@ def sample_hashes(run_url: str) -> dict:
 
 def test_a_node_that_leaves_loses_no_work_and_one_that_joins_gets_some(
         fresh_cluster, tiny_prior, tmp_path):
-    fresh_cluster.add_node(num_cpus=0)  # the head: the driver and the I/O actors only
+    head = fresh_cluster.add_node(num_cpus=0)  # the driver and the I/O actors only
     fresh_cluster.add_node(num_cpus=1)
     leaving = fresh_cluster.add_node(num_cpus=1)
     ray.init(address=fresh_cluster.address)
+    probe = Where.options(**io_actor_options(head_node_id())).remote()
+    assert ray.get(probe.node.remote()) == head.node_id  # where the Coordinator goes
+    ray.kill(probe)
     undisturbed = run_job(job(tmp_path / "undisturbed", tiny_prior), progress=False)
     assert len(undisturbed.units_by_node) == 2  # SPREAD: both workers optimised units
 
