@@ -50,7 +50,7 @@ def test_nopt_reduces_the_mmd_and_is_deterministic(trained_tiny_prior, digits_di
     backend = load_prior(str(trained_tiny_prior))
     data = read_dataset(str(digits_dir / "train"), "webdataset")
     refs = {c: to_model_space(data.images[data.indices_of(c)]) for c in (1, 4)}
-    cfg = NoptConfig(iterations=25, ddim_steps=3, learning_rate=0.1)
+    cfg = NoptConfig(iterations=40, ddim_steps=3, learning_rate=0.1)
     first = optimize_classes(backend, {1: 4, 4: 4}, refs, cfg, seed=0)
     again = optimize_classes(backend, {1: 4, 4: 4}, refs, cfg, seed=0)
     plain = optimize_classes(backend, {1: 4, 4: 4}, refs, NoptConfig(iterations=0, ddim_steps=3),
