@@ -77,9 +77,9 @@ def _rows_per_label(out_url: str) -> dict[int, int]:
     for path in fs.find(root):
         part = next((p for p in path.split("/") if p.startswith("label=")), None)
         if part and path.endswith(".parquet"):
+            label = int(part[len("label="):])
             with fs.open(path, "rb") as f:
-                rows = pq.ParquetFile(f).metadata.num_rows
-            sizes[int(part[len("label="):])] = sizes.get(int(part[len("label="):]), 0) + rows
+                sizes[label] = sizes.get(label, 0) + pq.ParquetFile(f).metadata.num_rows
     return sizes
 
 
