@@ -98,6 +98,7 @@ class ShardedStore:
         self.encoder = FixedEncoder(meta["encoder"], meta["channels"], meta["seed"])
         self.encoder.scales = meta["scales"]
         self._classes: OrderedDict[int, pa.Table] = OrderedDict()
+        self._fetched: dict[int, dict[str, tuple[bytes, str]]] = {}  # per cached class
 
     def class_sizes(self) -> list[int]:
         return list(self._sizes)
@@ -113,8 +114,10 @@ class ShardedStore:
                 {"key": pa.array([], pa.string()), "shard": pa.array([], pa.string()),
                  "embedding": pa.array([], pa.list_(pa.float32()))})
             self._classes[label] = table.sort_by("key")
+            self._fetched[label] = {}
             if len(self._classes) > self.CLASSES_IN_MEMORY:
-                self._classes.popitem(last=False)
+                evicted, _ = self._classes.popitem(last=False)
+                self._fetched.pop(evicted, None)
         return self._classes[label]
 
     def embeddings(self, label: int) -> np.ndarray:
@@ -122,13 +125,15 @@ class ShardedStore:
         return np.asarray(column, dtype=np.float32).reshape(len(column), -1)
 
     def samples(self, label: int, picks: list[int]) -> list[tuple[str, bytes, str]]:
-        """Fetch the picked samples by key from their input shards (each shard read once)."""
+        """Fetch the picked samples by key from their input shards (each shard read once; a
+        class's references and its doping picks share what was fetched)."""
         table = self._table(label)
         keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
+        found = self._fetched[label]
         wanted: dict[str, set[str]] = {}
         for p in picks:
-            wanted.setdefault(shards[p], set()).add(keys[p])
-        found: dict[str, tuple[bytes, str]] = {}
+            if keys[p] not in found:
+                wanted.setdefault(shards[p], set()).add(keys[p])
         fs, root = filesystem(self.input_url)
         for shard, shard_keys in sorted(wanted.items()):
             data = with_retries(f"read {shard}", lambda s=shard: fs.cat_file(f"{root}/{s}"))

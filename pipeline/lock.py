@@ -103,8 +103,9 @@ class OutputLock:
                     f"lease expires (or delete {self.url}).")
             delete(self.url)  # expired, or its holder is a dead process of this host
             if not create_exclusive(self.url, _encode(lease)):
+                winner = self.current()
                 raise LockHeld(f"another run took over the expired lock {self.url} first: "
-                               f"{self.current().holder if self.current() else 'unknown'}.")
+                               f"{winner.holder if winner else 'unknown'}.")
         if (self.current() or lease).token != lease.token:
             raise LockHeld(f"the lock {self.url} was taken by another run at the same time.")
         self.lease = lease
