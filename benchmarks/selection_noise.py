@@ -1,11 +1,14 @@
-"""How much the choice of real samples alone moves the 20% digits cell: selectors and
-facility-location settings over the same psi embeddings, each set evaluated like the quality
-benchmark (ConvNet and MLP from scratch, 5 seeds).
+"""How much the choice of real samples alone moves a digits cell, averaged over draws.
 
-    python -m benchmarks.selection_noise --out benchmarks/out [--fraction 0.2]
+Every selector picks from the same psi embeddings of one draw (psi's random weights come from
+the draw's seed, and so does the random subset); each set is trained like the quality benchmark
+(ConvNet and MLP from scratch, training seed = draw). Means over draws separate a selector's
+expected quality from the luck of one draw, which single-set comparisons cannot.
+
+    python -m benchmarks.selection_noise --out benchmarks/out [--draws 5] [--sizes "IPC 50,20%"]
 
 Needs the digits data of a quality-benchmark folder (``dsco bench quality`` makes it). Writes
-benchmarks/results/selection_noise.json.
+benchmarks/results/selection_noise.json (per-draw accuracies, mean and standard error).
 """
 from __future__ import annotations
 
@@ -21,41 +24,60 @@ from pipeline.doping import facility_location, herding, kcenter, random_pick
 from pipeline.evaluation import evaluate_set
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "selection_noise.json")
-SELECTORS = {
-    "facility location, k=20 (default)": lambda e, b, c: facility_location(e, e[:0], b, 20),
-    "facility location, k=10": lambda e, b, c: facility_location(e, e[:0], b, 10),
-    "facility location, k=50": lambda e, b, c: facility_location(e, e[:0], b, 50),
-    "facility location, dense": lambda e, b, c: facility_location(e, e[:0], b, len(e)),
-    "herding": lambda e, b, c: herding(e, e[:0], b),
-    "k-center": lambda e, b, c: kcenter(e, e[:0], b),
-    **{f"random, draw {s}": (lambda s: lambda e, b, c: random_pick(len(e), b, s, c))(s)
-       for s in range(3)},
+ARCHS = ("convnet", "mlp")
+BUDGETS = {"IPC 10": lambda n: 10, "IPC 50": lambda n: 50,
+           "20%": lambda n: max(1, round(0.2 * n)), "50%": lambda n: max(1, round(0.5 * n))}
+SELECTORS = {  # name -> (embeddings, budget, label, draw) -> positions
+    "facility location, k=20": lambda e, b, c, s: facility_location(e, e[:0], b, 20),
+    "facility location, k=5": lambda e, b, c, s: facility_location(e, e[:0], b, 5),
+    "facility location, k=n/budget": lambda e, b, c, s: facility_location(
+        e, e[:0], b, max(2, round(len(e) / b))),
+    "herding": lambda e, b, c, s: herding(e, e[:0], b),
+    "k-center": lambda e, b, c, s: kcenter(e, e[:0], b),
+    "random": lambda e, b, c, s: random_pick(len(e), b, s, c),
 }
+
+
+def evaluate_selector(store: InMemoryStore, test, pick, budget, draw: int) -> dict:
+    """Accuracy per architecture of the set ``pick`` makes from one draw's embeddings."""
+    images, labels = [], []
+    for label, size in enumerate(store.class_sizes()):
+        chosen = pick(store.embeddings(label), budget(size), label, draw)
+        images.append(store.images(label)[chosen])
+        labels += [label] * len(chosen)
+    return {arch: evaluate_set(np.concatenate(images), np.array(labels), test.images,
+                               test.labels, len(store.class_names), [draw], arch)["mean"]
+            for arch in ARCHS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="a quality-benchmark folder")
-    parser.add_argument("--fraction", type=float, default=0.2)
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--sizes", default=",".join(BUDGETS))
     args = parser.parse_args()
-    store = InMemoryStore(os.path.join(args.out, "data", "train"), "webdataset", "random_conv",
-                          0, os.path.join(args.out, "runs", "cache"))
     test = read_dataset(os.path.join(args.out, "data", "test"), "webdataset")
-    rows = []
-    for name, pick in SELECTORS.items():
-        images, labels = [], []
-        for label, size in enumerate(store.class_sizes()):
-            chosen = pick(store.embeddings(label), max(1, round(args.fraction * size)), label)
-            images.append(store.images(label)[chosen])
-            labels += [label] * len(chosen)
-        row = {"selector": name, "images": len(labels)}
-        for arch in ("convnet", "mlp"):
-            row[arch] = evaluate_set(np.concatenate(images), np.array(labels), test.images,
-                                     test.labels, len(store.class_names), [0, 1, 2, 3, 4], arch)
-        rows.append(row)
-        print(f"{name}: {row['convnet']['mean']:.2f} / {row['mlp']['mean']:.2f}", flush=True)
+    sizes = args.sizes.split(",")
+    accs: dict = {(s, name): {a: [] for a in ARCHS} for s in sizes for name in SELECTORS}
+    for draw in range(args.draws):
+        store = InMemoryStore(os.path.join(args.out, "data", "train"), "webdataset",
+                              "random_conv", draw, os.path.join(args.out, "selection-cache"))
+        for size in sizes:
+            for name, pick in SELECTORS.items():
+                result = evaluate_selector(store, test, pick, BUDGETS[size], draw)
+                for arch in ARCHS:
+                    accs[size, name][arch].append(result[arch])
+                print(f"draw {draw}, {size}, {name}: " + " / ".join(
+                    f"{result[a]:.2f}" for a in ARCHS), flush=True)
+    rows = [{"size": size, "selector": name, **{arch: {
+        "accuracies": values, "mean": float(np.mean(values)),
+        "stderr": float(np.std(values) / np.sqrt(len(values)))}
+        for arch, values in per_arch.items()}} for (size, name), per_arch in accs.items()]
     with open(OUT, "w") as f:
-        json.dump({"fraction": args.fraction, "rows": rows}, f, indent=2)
+        json.dump({"draws": args.draws, "rows": rows}, f, indent=2)
+    for row in rows:
+        print(f"{row['size']:>7} {row['selector']:<32} " + " / ".join(
+            f"{row[a]['mean']:.2f} ± {row[a]['stderr']:.2f}" for a in ARCHS))
     print(f"wrote {OUT}")
 
 

@@ -49,8 +49,9 @@ class JobResult:
 def fingerprint(cfg: JobConfig) -> str:
     """The run_id of ``cfg`` (reads the input listing and hashes the model files)."""
     listing = list_input(cfg.input.url, cfg.input.layout) if cfg.uses_real_data() else []
-    weights = sorted({name[len(PRETRAINED):] for name in (cfg.nopt.feature_map, cfg.doping.encoder)
-                      if name.startswith(PRETRAINED)})
+    encoders = (cfg.nopt.feature_map, cfg.doping.encoder) if cfg.may_dope() else \
+        (cfg.nopt.feature_map,)
+    weights = sorted({name[len(PRETRAINED):] for name in encoders if name.startswith(PRETRAINED)})
     missing = [w for w in weights if not os.path.isfile(w)]
     if missing:
         raise DscoError(f"pretrained weights {missing[0]!r} (from pretrained:<path>) do not "

@@ -72,7 +72,7 @@ class NoptConfig:
 class DopingConfig:
     """Selecting real samples to add beside the synthetic ones."""
 
-    selector: str = "facility_location"  # facility_location | herding | kcenter | random
+    selector: str = "mmd"  # mmd | facility_location | herding | kcenter | random
     encoder: str = "random_conv"  # psi: random_conv | pixels | pretrained:<path>
     # memory: one actor reads and embeds the whole input (small data); ray_data: the Ray Data
     # embed stage writes Parquet by class and doping loads one class at a time (large data)
@@ -120,6 +120,19 @@ class JobConfig:
         return (not self.nopt.data_free or self.size.doping_fraction > 0
                 or self.size.fraction is not None)
 
+    def may_dope(self) -> bool:
+        """False when no class can get real samples, so the doping settings cannot change the
+        output (an IPC at or under the synthetic cap or crossover, no doping fraction, or pure
+        data-free); True when unsure (fraction sizes depend on the class sizes)."""
+        size = self.size
+        if not self.uses_real_data():
+            return False
+        if size.doping_fraction > 0 or size.ipc is None:
+            return True
+        if size.synthetic_cap is not None:
+            return size.ipc > size.synthetic_cap
+        return size.crossover_ipc is not None and size.ipc > size.crossover_ipc
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every setting (the config holds no secrets by construction)."""
         return dataclasses.asdict(self)
@@ -140,7 +153,7 @@ def check_feature_map(name: str, key: str, latent_allowed: bool = True) -> None:
                         "loads a local ResNet-18/34/50 weights file).")
 
 
-SELECTORS = ("facility_location", "herding", "kcenter", "random")
+SELECTORS = ("mmd", "facility_location", "herding", "kcenter", "random")
 PRIOR_KINDS = ("auto", "pixel_unet", "dit")
 ACCELERATORS = ("auto", "gpu", "cpu")
 

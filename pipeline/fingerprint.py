@@ -39,6 +39,8 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     settings.pop("output")
     # how work is spread over actors does not change what is written; the grouping does
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
+    if not cfg.may_dope():  # a pure NOpt run: changing the doping settings reuses its output
+        settings.pop("doping")
     payload = json.dumps({"config": settings, "input": [f.__dict__ for f in listing],
                           "model": model_rows}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

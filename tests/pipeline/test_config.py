@@ -2,6 +2,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import DscoError
+from pipeline.fingerprint import run_id
 from tests.conftest import REPO
 
 BASE = ["output=out", "model.path=m", "input.url=data"]
@@ -63,3 +64,22 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(DscoError, match="not valid YAML"):
         load_config(str(bad))
+
+
+@pytest.mark.parametrize("size, dopes", [
+    (["size.ipc=10"], False),  # IPC at or under the crossover: all synthetic
+    (["size.ipc=50"], True),  # over the crossover: real only
+    (["size.ipc=10", "size.doping_fraction=0.5"], True),
+    (["size.ipc=50", "size.synthetic_cap=50"], False),
+    (["size.ipc=null", "size.fraction=0.2"], True),  # depends on class sizes: assume so
+    (["size.ipc=50", "nopt.data_free=true"], False),  # pure data-free has no real samples
+])
+def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dopes):
+    def run_id_with(selector):
+        cfg = load_config(None, [*BASE, *size,
+                                 f"doping.selector={selector}"])
+        return run_id(cfg, [], [])
+
+    assert load_config(None, [*BASE, *size]).may_dope() \
+        == dopes
+    assert (run_id_with("mmd") != run_id_with("herding")) == dopes

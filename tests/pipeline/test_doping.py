@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.doping import facility_location, herding, kcenter, random_pick, select
+from pipeline.doping import (facility_location, herding, kcenter, mmd_herding, random_pick,
+                             select)
 from pipeline.errors import DscoError
 
 
@@ -45,11 +46,43 @@ def test_kcenter_spreads_out_from_the_synthetic_set():
     assert len(kcenter(real, np.zeros((0, 2)), 4)) == 4
 
 
+def _mmd2(a: np.ndarray, b: np.ndarray, median: float) -> float:
+    def k(x, y):
+        d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+        return sum(np.exp(-d2 / (s * median)) for s in (0.5, 1.0, 2.0)).mean()
+    return k(a, a) + k(b, b) - 2 * k(a, b)
+
+
+def test_mmd_picks_follow_the_density_and_beat_random_subsets():
+    real, ids = clusters(sizes=(60, 30, 10))
+    picks = mmd_herding(real, np.zeros((0, 2), np.float32), 10)
+    assert len(set(picks)) == 10
+    assert np.bincount(ids[picks], minlength=3).tolist() == [6, 3, 1]  # proportional
+    d2 = ((real[:, None] - real[None]) ** 2).sum(-1)
+    median = float(np.median(d2[~np.eye(len(real), dtype=bool)]))
+    chosen = _mmd2(real[picks], real, median)
+    rng = np.random.default_rng(0)
+    draws = [_mmd2(real[rng.choice(len(real), 10, replace=False)], real, median)
+             for _ in range(50)]
+    assert chosen < min(draws)
+
+
+def test_mmd_fills_what_the_synthetic_set_misses_and_samples_large_classes():
+    real, ids = clusters(sizes=(30, 30))
+    synthetic = real[ids == 0][:5] + 0.01  # cluster 0 is already well represented
+    assert set(ids[mmd_herding(real, synthetic, 5)]) == {1}
+    sampled = mmd_herding(real, np.zeros((0, 2), np.float32), 6, seed=3, label=1,
+                          reference_max=20)
+    assert len(set(sampled)) == 6 and sorted(np.bincount(ids[sampled]).tolist()) == [3, 3]
+    assert sampled == mmd_herding(real, np.zeros((0, 2), np.float32), 6, seed=3, label=1,
+                                  reference_max=20)
+
+
 def test_random_is_seeded_and_select_dispatches():
     assert random_pick(50, 5, 1, 2) == random_pick(50, 5, 1, 2)
     assert random_pick(50, 5, 1, 2) != random_pick(50, 5, 2, 2)
     real, _ = clusters()
-    for name in ("facility_location", "herding", "kcenter", "random"):
+    for name in ("mmd", "facility_location", "herding", "kcenter", "random"):
         picks = select(name, real, np.zeros((0, 2), np.float32), 4, seed=0, label=0)
         assert len(set(picks)) == 4
     assert len(select("kcenter", real[:3], np.zeros((0, 2)), 10, seed=0, label=0)) == 3
