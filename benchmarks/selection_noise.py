@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.class_store import InMemoryStore
 from pipeline.datasets import read_dataset
-from pipeline.doping import facility_location, herding, kcenter, random_pick
+from pipeline.doping import facility_location, herding, kcenter, mmd_herding, random_pick
 from pipeline.evaluation import evaluate_set
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "selection_noise.json")
@@ -30,8 +30,7 @@ BUDGETS = {"IPC 10": lambda n: 10, "IPC 50": lambda n: 50,
 SELECTORS = {  # name -> (embeddings, budget, label, draw) -> positions
     "facility location, k=20": lambda e, b, c, s: facility_location(e, e[:0], b, 20),
     "facility location, k=5": lambda e, b, c, s: facility_location(e, e[:0], b, 5),
-    "facility location, k=n/budget": lambda e, b, c, s: facility_location(
-        e, e[:0], b, max(2, round(len(e) / b))),
+    "mmd (kernel herding)": lambda e, b, c, s: mmd_herding(e, e[:0], b, s, c),
     "herding": lambda e, b, c, s: herding(e, e[:0], b),
     "k-center": lambda e, b, c, s: kcenter(e, e[:0], b),
     "random": lambda e, b, c, s: random_pick(len(e), b, s, c),
