@@ -5,6 +5,7 @@ import ray
 
 from actors.failures import failed_unit
 from pipeline.config import DopingConfig
+from pipeline.datasets import InputFile
 from pipeline.planning import WorkUnit
 from pipeline.samples import UnitOutput
 from pipeline.class_store import InMemoryStore, ShardedStore
@@ -17,16 +18,16 @@ class DopingSelector:
     not ``__init__``, so a bad input reaches the driver as the pipeline's own error."""
 
     def __init__(self, input_url: str, layout: str, cfg: DopingConfig, seed: int,
-                 cache_url: str, embeddings_url: str | None = None):
-        self.args = (input_url, layout, cfg, seed, cache_url, embeddings_url)
+                 cache_url: str, listing: list[InputFile], embeddings_url: str | None = None):
+        self.args = (input_url, layout, cfg, seed, cache_url, listing, embeddings_url)
         self.stage: RealDataStage | None = None
 
     def prepare(self) -> dict:
         """Read and embed the dataset (or open the embed stage's output, ``embeddings_url``);
         return class sizes and names."""
-        input_url, layout, cfg, seed, cache_url, embeddings_url = self.args
+        input_url, layout, cfg, seed, cache_url, listing, embeddings_url = self.args
         store = ShardedStore(input_url, embeddings_url) if embeddings_url else \
-            InMemoryStore(input_url, layout, cfg.encoder, seed, cache_url)
+            InMemoryStore(input_url, layout, cfg.encoder, seed, cache_url, listing)
         self.stage = RealDataStage(store, cfg, seed)
         return self.stage.summary()
 

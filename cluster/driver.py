@@ -22,7 +22,7 @@ from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import PRETRAINED, JobConfig
 from pipeline.class_mapping import check_prior_fits, data_free_classes
-from pipeline.datasets import list_input
+from pipeline.datasets import InputFile, list_input
 from pipeline.errors import DscoError
 from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
@@ -46,9 +46,15 @@ class JobResult:
     units_by_node: dict = field(default_factory=dict)  # node id -> units optimised there
 
 
-def fingerprint(cfg: JobConfig) -> str:
-    """The run_id of ``cfg`` (reads the input listing and hashes the model files)."""
-    listing = list_input(cfg.input.url, cfg.input.layout) if cfg.uses_real_data() else []
+def input_listing(cfg: JobConfig) -> list[InputFile]:
+    """The input files a run reads (none for pure data-free runs): listed once per run, so the
+    run_id and the data read agree."""
+    return list_input(cfg.input.url, cfg.input.layout) if cfg.uses_real_data() else []
+
+
+def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
+    """The run_id of ``cfg`` over ``listing`` (listed now when not given) and the model files."""
+    listing = input_listing(cfg) if listing is None else listing
     encoders = (cfg.nopt.feature_map, cfg.doping.encoder) if cfg.may_dope() else \
         (cfg.nopt.feature_map,)
     weights = sorted({name[len(PRETRAINED):] for name in encoders if name.startswith(PRETRAINED)})
@@ -65,26 +71,26 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     """Run (or resume, or skip as up to date) the concentration job described by ``cfg``."""
     started = time.time()
     meta = read_prior_meta(cfg.model.path)
-    rid = fingerprint(cfg)
+    listing = input_listing(cfg)
+    rid = fingerprint(cfg, listing)
     run_url = join(cfg.output, rid)
     done = _if_complete(rid, run_url)
     if done:
         return done
     with OutputLock(cfg.output, rid, cfg.execution.lease_seconds) as lock:
         # checked again under the lock: a run that held it may have just finished this one
-        return _if_complete(rid, run_url) or _run_locked(cfg, address, meta, rid, run_url,
-                                                         started, lock, progress)
+        return _if_complete(rid, run_url) or _run_locked(
+            cfg, address, meta, listing, rid, run_url, started, lock, progress)
 
 
-def _embed_at_scale(cfg: JobConfig) -> str:
+def _embed_at_scale(cfg: JobConfig, listing: list[InputFile]) -> str:
     """Run the Ray Data embed stage (once per input, encoder and seed); return its URL."""
-    url = embeddings_url_for(cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed,
-                             join(cfg.output, "cache"))
+    url = embeddings_url_for(listing, cfg.doping, cfg.seed, join(cfg.output, "cache"))
     resources = ray.cluster_resources()
     use_gpus = cfg.execution.accelerator != "cpu" and resources.get("GPU", 0) > 0
     actors = int(resources.get("GPU", 0) if use_gpus else resources.get("CPU", 1))
-    embed_with_ray_data(cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, url, use_gpus,
-                        actors)
+    embed_with_ray_data(cfg.input.url, cfg.input.layout, listing, cfg.doping, cfg.seed, url,
+                        use_gpus, actors)
     return url
 
 
@@ -97,18 +103,19 @@ def _if_complete(rid: str, run_url: str) -> JobResult | None:
     return None
 
 
-def _run_locked(cfg: JobConfig, address: str | None, meta, rid: str, run_url: str,
-                started: float, lock: OutputLock, progress: bool) -> JobResult:
+def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFile], rid: str,
+                run_url: str, started: float, lock: OutputLock, progress: bool) -> JobResult:
     """The run itself, while this process holds the output's lock."""
     connect(address)
     io_options = io_actor_options(head_node_id())
     coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     selector = None
     if cfg.uses_real_data():
-        embeddings_url = _embed_at_scale(cfg) if cfg.doping.embed == "ray_data" else None
+        embeddings_url = _embed_at_scale(cfg, listing) if cfg.doping.embed == "ray_data" \
+            else None
         selector = DopingSelector.options(**io_options).remote(
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"),
-            embeddings_url)
+            listing, embeddings_url)
         summary = _get_or_raise_input_error(selector.prepare.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
         check_prior_fits(cfg, meta, len(class_sizes))

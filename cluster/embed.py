@@ -18,7 +18,7 @@ import torch
 
 from pipeline.class_store import META, embedding_tag
 from pipeline.config import DopingConfig
-from pipeline.datasets import input_samples_in_tar, list_input
+from pipeline.datasets import InputFile, input_samples_in_tar
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image, to_model_space
@@ -28,24 +28,24 @@ FIT_SAMPLES = 2048
 BATCH = 256
 
 
-def embeddings_url_for(input_url: str, layout: str, doping: DopingConfig, seed: int,
+def embeddings_url_for(listing: list[InputFile], doping: DopingConfig, seed: int,
                        cache_url: str) -> str:
-    """Where the embed stage writes for this input, encoder and seed."""
-    tag = embedding_tag(list_input(input_url, layout), doping.encoder, seed)
+    """Where the embed stage writes for this input listing, encoder and seed."""
+    tag = embedding_tag(listing, doping.encoder, seed)
     return join(cache_url, f"embeddings-{tag}")
 
 
-def embed_with_ray_data(input_url: str, layout: str, doping: DopingConfig, seed: int,
-                        out_url: str, use_gpus: bool, actors: int) -> dict:
-    """Embed every input sample into ``out_url`` (skipped when its meta.json exists);
-    return the meta (class names and sizes, encoder, scales)."""
+def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
+                        doping: DopingConfig, seed: int, out_url: str, use_gpus: bool,
+                        actors: int) -> dict:
+    """Embed every sample of ``listing`` (the run's input files) into ``out_url`` (skipped when
+    its meta.json exists); return the meta (class names and sizes, encoder, scales)."""
     done = read_json(join(out_url, META))
     if done is not None:
         return done
     if layout != "webdataset":
         raise DscoError("doping.embed: ray_data reads WebDataset shards; convert the input "
                         f"(layout {layout!r}) or use doping.embed: memory.")
-    listing = list_input(input_url, layout)
     fs, root = filesystem(input_url)
     shards = [f.path for f in listing if f.path.endswith(".tar")]
     names = next((json.loads(fs.cat_file(f"{root}/classes.json")) for f in listing

@@ -37,8 +37,8 @@ class InMemoryStore:
     """The whole dataset decoded in memory, embedded once (cached as one Parquet file)."""
 
     def __init__(self, input_url: str, layout: str, encoder_name: str, seed: int,
-                 cache_url: str):
-        self.data = read_dataset(input_url, layout)
+                 cache_url: str, listing: list[InputFile] | None = None):
+        self.data = read_dataset(input_url, layout, listing)
         self.class_names = self.data.class_names
         tag = embedding_tag(self.data.listing, encoder_name, seed)
         self.embeddings_url = join(cache_url, f"embeddings-{tag}.parquet")

@@ -72,15 +72,26 @@ def list_input(url: str, layout: str) -> list[InputFile]:
     return files
 
 
-def read_dataset(url: str, layout: str) -> LabelledImages:
-    """Read and decode every sample of the dataset at ``url``."""
-    files = list_input(url, layout)
+def read_dataset(url: str, layout: str, files: list[InputFile] | None = None) -> LabelledImages:
+    """Read and decode every sample of the dataset at ``url``: the files of ``files`` (the
+    listing a run was fingerprinted with) or of a fresh listing. A file whose size differs from
+    its listing changed after it was listed, and is refused."""
+    files = list_input(url, layout) if files is None else files
     fs, root = filesystem(url)
+
+    def read(f: InputFile) -> bytes:
+        data = with_retries(f"read {f.path}", lambda: fs.cat_file(f"{root}/{f.path}"))
+        if len(data) != f.size:
+            raise DscoError(f"input file {f.path!r} under {url!r} is {len(data)} bytes now but "
+                            f"was {f.size} when the run listed it: the input changed during the "
+                            "run. Rerun once it is stable (the new listing gives a new run_id).")
+        return data
+
     samples: list[tuple[str, int, bytes, str]] = []
     names: list[str] | None = None
     if layout == "webdataset":
         for f in files:
-            data = with_retries(f"read {f.path}", lambda p=f.path: fs.cat_file(f"{root}/{p}"))
+            data = read(f)
             if f.path == "classes.json":
                 names = json.loads(data)
             else:
@@ -93,7 +104,7 @@ def read_dataset(url: str, layout: str) -> LabelledImages:
             if f.path == "classes.json":
                 continue
             folder, filename = f.path.split("/", 1)
-            data = with_retries(f"read {f.path}", lambda p=f.path: fs.cat_file(f"{root}/{p}"))
+            data = read(f)
             stem, ext = filename.rsplit(".", 1)
             samples.append((f"{folder}/{stem}", class_id[folder], data, ext.lower()))
     return _decode_all(samples, names, url, files)

@@ -85,7 +85,7 @@ MMD_REFERENCE_MAX = 4096  # real points the target mean embedding and the median
 
 
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0)
 
 
@@ -105,6 +105,7 @@ def mmd_herding(real: np.ndarray, synthetic: np.ndarray, budget: int, seed: int 
     budget = min(budget, n)
     if budget == 0:
         return []
+    real = np.asarray(real, dtype=np.float64)  # once, not per pick
     reference = real
     if n > reference_max:
         rng = np.random.default_rng(derive_seed(seed, "mmd-reference", label))

@@ -10,7 +10,7 @@ from cluster.driver import run_job
 from cluster.embed import embed_with_ray_data
 from pipeline.class_store import InMemoryStore, ShardedStore
 from pipeline.config import DopingConfig, load_config
-from pipeline.datasets import count_per_class
+from pipeline.datasets import count_per_class, list_input
 from pipeline.reader import iter_samples
 
 pytestmark = pytest.mark.ray
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.ray
 def stores(ray_local, digits_dir, tmp_path_factory):
     data = str(digits_dir / "train")
     out = str(tmp_path_factory.mktemp("embed") / "embeddings")
-    meta = embed_with_ray_data(data, "webdataset", DopingConfig(), 0, out, use_gpus=False,
-                               actors=2)
+    meta = embed_with_ray_data(data, "webdataset", list_input(data, "webdataset"),
+                               DopingConfig(), 0, out, use_gpus=False, actors=2)
     memory = InMemoryStore(data, "webdataset", "random_conv", 0,
                            str(tmp_path_factory.mktemp("cache")))
     return meta, ShardedStore(data, out), memory

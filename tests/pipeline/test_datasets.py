@@ -57,3 +57,18 @@ def test_corrupt_tar_and_missing_input(tmp_path):
         read_dataset(str(tmp_path), "webdataset")
     with pytest.raises(DscoError, match="layout 'zip' is unknown"):
         read_dataset(str(tmp_path), "zip")
+
+
+def test_a_run_reads_the_files_it_listed_and_refuses_ones_that_changed(tmp_path):
+    shard = [("a.png", _image(1)), ("a.cls", b"0")]
+    (tmp_path / "000000.tar").write_bytes(build_tar(shard))
+    listing = list_input(str(tmp_path), "webdataset")
+    (tmp_path / "000001.tar").write_bytes(build_tar([("b.png", _image(2)), ("b.cls", b"1")]))
+    assert read_dataset(str(tmp_path), "webdataset", listing).keys == ["a"]  # listed files only
+    assert read_dataset(str(tmp_path), "webdataset").keys == ["a", "b"]
+    noise = np.random.default_rng(0).integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    extra = [(f"c{i}.png", encode_png(np.repeat(plane[..., None], 3, 2))) for i, plane in
+             enumerate(noise)]  # tars are padded to 10 KiB records: add enough to change size
+    (tmp_path / "000000.tar").write_bytes(build_tar(shard + extra))
+    with pytest.raises(DscoError, match="'000000.tar'.*input changed during the run"):
+        read_dataset(str(tmp_path), "webdataset", listing)
