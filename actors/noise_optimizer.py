@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import ray
 import torch
@@ -36,6 +37,7 @@ class NoiseOptimizer:
     @ray.method(num_returns=2)
     def run(self, unit: WorkUnit, references):
         """Run NOpt for ``unit``; returns (small status for the driver, the unit's output)."""
+        started = time.time()
         bar = None
         if self.stage.cfg.iterations and any(b.synthetic for b in unit.budgets):
             bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
@@ -47,4 +49,5 @@ class NoiseOptimizer:
         if bar is not None:
             bar.close()
         return {"unit_id": unit.unit_id, "ok": output.ok, "error": output.error,
-                "node_id": ray.get_runtime_context().get_node_id()}, output
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "span": (started, time.time())}, output

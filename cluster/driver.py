@@ -44,6 +44,7 @@ class JobResult:
     status: str  # "complete" | "up to date"
     metrics: dict = field(default_factory=dict)
     units_by_node: dict = field(default_factory=dict)  # node id -> units optimised there
+    unit_spans: dict = field(default_factory=dict)  # unit id -> (start, end) of its NOpt, epoch s
 
 
 def input_listing(cfg: JobConfig) -> list[InputFile]:
@@ -127,10 +128,10 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     ray.get(coordinator.start.remote(plan.num_shards))
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]
-    by_node = _run_units(cfg, todo, coordinator, selector, class_names, progress, lock)
+    by_node, spans = _run_units(cfg, todo, coordinator, selector, class_names, progress, lock)
     lock.check()
     metrics = ray.get(coordinator.finalize.remote(class_names, started))
-    return JobResult(rid, run_url, "complete", metrics, dict(by_node))
+    return JobResult(rid, run_url, "complete", metrics, dict(by_node), spans)
 
 
 def _get_or_raise_input_error(ref):
@@ -145,12 +146,19 @@ def _get_or_raise_input_error(ref):
 
 
 def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
-               class_names: list[str], progress: bool, lock: OutputLock) -> Counter:
+               class_names: list[str], progress: bool,
+               lock: OutputLock) -> tuple[Counter, dict]:
     """Give units to free actors until all are committed or failed for good; return how many
-    units each node optimised."""
+    units each node optimised, and when each unit was optimised.
+
+    A unit's doping and commit are submitted only once its NOpt output exists: the
+    DopingSelector runs its calls in submission order, so a ``dope`` queued on an output still
+    being optimised would hold back every later unit's ``references``, and with them all NOpt.
+    """
     by_node: Counter = Counter()
+    spans: dict[int, tuple[float, float]] = {}
     if not units:
-        return by_node
+        return by_node, spans
 
     def start_actor(shape):
         return NoiseOptimizer.options(**shape.options()).remote(
@@ -173,24 +181,25 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
             while pool.has_idle() and pending:
                 actor, unit = pool.lend(), pending.popleft()
                 status, output = actor.run.remote(unit, _references(selector, unit, cfg))
-                if selector is not None and any(b.real for b in unit.budgets):
-                    output = selector.dope.remote(unit, output)
-                running[status] = (actor, unit)
-                writing[coordinator.write_unit.remote(unit, output)] = unit
+                running[status] = (actor, unit, output)
             ready, _ = ray.wait(list(running) + list(writing) + pool.starting_refs(),
                                 num_returns=1, timeout=pool.refresh_s)
             if not ready or pool.on_ready(ready[0]):
                 continue
             ref = ready[0]
             if ref in running:
-                actor, unit = running.pop(ref)
+                actor, unit, output = running.pop(ref)
                 try:
                     status = ray.get(ref)
                     optimised.update(int(status["ok"]))
                     by_node[status["node_id"]] += int(status["ok"])
+                    spans[unit.unit_id] = status["span"]
                     pool.give_back(actor)
                 except RayActorError:
                     pool.drop()  # the unit's commit fails too and is retried elsewhere
+                if selector is not None and any(b.real for b in unit.budgets):
+                    output = selector.dope.remote(unit, output)
+                writing[coordinator.write_unit.remote(unit, output)] = unit
                 continue
             unit = writing.pop(ref)
             try:
@@ -221,7 +230,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
         raise JobFailed(f"{len(failed)} work unit(s) failed after "
                         f"{cfg.execution.max_retries} retries: {details}. Committed units are "
                         "kept; rerun the same command to resume.")
-    return by_node
+    return by_node, spans
 
 
 def _require_alive(*io_actors) -> None:

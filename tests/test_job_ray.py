@@ -94,6 +94,16 @@ def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_
     assert len(origins) == 20 and all(o.startswith("digits_") for o in origins)
 
 
+def test_doped_units_are_optimised_side_by_side(ray_local, tiny_prior, digits_dir, tmp_path):
+    # two units of five classes for the two actors a 2-CPU Ray fits; each unit is doped
+    cfg = job(tmp_path, tiny_prior, digits_dir, "size.doping_fraction=0.5", "size.ipc=4",
+              "nopt.iterations=40", "execution.classes_per_unit=5")
+    result = run_job(cfg, progress=False)
+    assert result.metrics["real"] == 20 and len(result.unit_spans) == 2
+    (start_a, end_a), (start_b, end_b) = result.unit_spans.values()
+    assert max(start_a, start_b) < min(end_a, end_b)  # one began before the other ended
+
+
 def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, digits_dir):
     prior = make_tiny_prior(tmp_path / "prior")
     meta = json.loads((prior / PRIOR_META).read_text())
