@@ -1,6 +1,7 @@
 """`dsco bench quality --quick` runs end to end (the full benchmark runs on demand)."""
 import json
 
+import numpy as np
 import pytest
 
 from cluster.cli import main
@@ -22,3 +23,22 @@ def test_quick_quality_benchmark_writes_results_table_and_plot(ray_local, tmp_pa
     assert "| DsCo |" in table and "| random real |" in table
     assert (tmp_path / "accuracy_vs_size.png").read_bytes().startswith(b"\x89PNG")
     assert "| plain sampling |" in capsys.readouterr().out
+
+
+def test_in_the_main_table_each_seed_trains_on_its_own_set():
+    from types import SimpleNamespace
+
+    from benchmarks.quality import _evaluate_sets
+    from pipeline.evaluation import evaluate_set
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 10)
+    images = np.where(labels[:, None, None, None] == 1, 200, 30).astype(np.uint8) + \
+        rng.integers(0, 20, (20, 8, 8, 1), dtype=np.uint8)
+    sets = [(images, labels), (images, rng.permutation(labels))]  # separable, then scrambled
+    test = SimpleNamespace(images=images, labels=labels, class_names=["a", "b"])
+    paired = _evaluate_sets(sets, test, [3, 4], "mlp")["accuracies"]
+    assert paired == [evaluate_set(*sets[i], images, labels, 2, [seed], "mlp")["accuracies"][0]
+                      for i, seed in enumerate([3, 4])]
+    assert paired[0] > paired[1]
+    assert len(_evaluate_sets(sets[:1], test, [3, 4], "mlp")["accuracies"]) == 2
