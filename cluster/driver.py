@@ -26,7 +26,7 @@ from pipeline.datasets import InputFile, list_input
 from pipeline.errors import DscoError
 from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
-from pipeline.planning import WorkUnit, make_plan
+from pipeline.planning import WorkUnit, make_plan, may_dope
 from pipeline.prior import read_prior_meta
 from pipeline.storage import join, read_json
 
@@ -56,7 +56,7 @@ def input_listing(cfg: JobConfig) -> list[InputFile]:
 def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
     """The run_id of ``cfg`` over ``listing`` (listed now when not given) and the model files."""
     listing = input_listing(cfg) if listing is None else listing
-    encoders = (cfg.nopt.feature_map, cfg.doping.encoder) if cfg.may_dope() else \
+    encoders = (cfg.nopt.feature_map, cfg.doping.encoder) if may_dope(cfg) else \
         (cfg.nopt.feature_map,)
     weights = sorted({name[len(PRETRAINED):] for name in encoders if name.startswith(PRETRAINED)})
     missing = [w for w in weights if not os.path.isfile(w)]

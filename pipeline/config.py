@@ -120,19 +120,6 @@ class JobConfig:
         return (not self.nopt.data_free or self.size.doping_fraction > 0
                 or self.size.fraction is not None)
 
-    def may_dope(self) -> bool:
-        """False when no class can get real samples, so the doping settings cannot change the
-        output (an IPC at or under the synthetic cap or crossover, no doping fraction, or pure
-        data-free); True when unsure (fraction sizes depend on the class sizes)."""
-        size = self.size
-        if not self.uses_real_data():
-            return False
-        if size.doping_fraction > 0 or size.ipc is None:
-            return True
-        if size.synthetic_cap is not None:
-            return size.ipc > size.synthetic_cap
-        return size.crossover_ipc is not None and size.ipc > size.crossover_ipc
-
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every setting (the config holds no secrets by construction)."""
         return dataclasses.asdict(self)

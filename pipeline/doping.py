@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from pipeline.errors import DscoError
+from pipeline.kernels import BANDWIDTH_SCALES
 from pipeline.seeding import derive_seed
 
 
@@ -80,7 +81,6 @@ def facility_location(real: np.ndarray, synthetic: np.ndarray, budget: int, k: i
     return picked
 
 
-MMD_BANDWIDTH_SCALES = (0.5, 1.0, 2.0)  # x the median squared distance, as in NOpt's loss
 MMD_REFERENCE_MAX = 4096  # real points the target mean embedding and the median come from
 
 
@@ -90,7 +90,7 @@ def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _kernel(d2: np.ndarray, median: float) -> np.ndarray:
-    return sum(np.exp(-d2 / (s * median)) for s in MMD_BANDWIDTH_SCALES)
+    return sum(np.exp(-d2 / (s * median)) for s in BANDWIDTH_SCALES)
 
 
 def mmd_herding(real: np.ndarray, synthetic: np.ndarray, budget: int, seed: int = 0,
@@ -121,7 +121,7 @@ def mmd_herding(real: np.ndarray, synthetic: np.ndarray, budget: int, seed: int 
     to_chosen = np.zeros(n)
     if len(synthetic):
         to_chosen = _kernel(_squared_distances(real, synthetic), median).sum(1)
-    self_similarity = float(len(MMD_BANDWIDTH_SCALES))  # k(j, j): each Gaussian is 1 at 0
+    self_similarity = float(len(BANDWIDTH_SCALES))  # k(j, j): each Gaussian is 1 at 0
     chosen = len(synthetic)
     available = np.ones(n, dtype=bool)
     picked: list[int] = []

@@ -8,6 +8,7 @@ import os
 
 from pipeline.config import JobConfig
 from pipeline.datasets import InputFile
+from pipeline.planning import may_dope
 
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
 
@@ -39,7 +40,7 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     settings.pop("output")
     # how work is spread over actors does not change what is written; the grouping does
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
-    if not cfg.may_dope():  # a pure NOpt run: changing the doping settings reuses its output
+    if not may_dope(cfg):  # a pure NOpt run: changing the doping settings reuses its output
         settings.pop("doping")
     payload = json.dumps({"config": settings, "input": [f.__dict__ for f in listing],
                           "model": model_rows}, sort_keys=True)

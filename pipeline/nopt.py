@@ -15,10 +15,9 @@ import torch
 from pipeline.config import NoptConfig
 from pipeline.ddim import ddim_sample
 from pipeline.features import FeatureMap
+from pipeline.kernels import BANDWIDTH_SCALES
 from pipeline.prior import DiffusionBackend
 from pipeline.seeding import generator
-
-BANDWIDTH_SCALES = (0.5, 1.0, 2.0)
 
 
 @dataclass

@@ -72,6 +72,17 @@ def class_budgets(cfg: JobConfig, class_sizes: list[int]) -> list[ClassBudget]:
     return budgets
 
 
+def may_dope(cfg: JobConfig) -> bool:
+    """False when no class can get real samples, so the doping settings cannot change the
+    output: pure data-free, or an IPC budget the planner keeps all synthetic. True when unsure
+    (fraction budgets depend on the class sizes)."""
+    if not cfg.uses_real_data():
+        return False
+    if cfg.size.ipc is None:
+        return True
+    return class_budgets(cfg, [cfg.size.ipc])[0].real > 0  # a class with enough samples
+
+
 def make_plan(cfg: JobConfig, class_sizes: list[int]) -> Plan:
     """Group classes into work units and give each unit its range of shard numbers."""
     if not class_sizes:

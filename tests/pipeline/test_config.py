@@ -3,6 +3,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import DscoError
 from pipeline.fingerprint import run_id
+from pipeline.planning import may_dope
 from tests.conftest import REPO
 
 BASE = ["output=out", "model.path=m", "input.url=data"]
@@ -80,6 +81,6 @@ def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dope
                                  f"doping.selector={selector}"])
         return run_id(cfg, [], [])
 
-    assert load_config(None, [*BASE, *size]).may_dope() \
+    assert may_dope(load_config(None, [*BASE, *size])) \
         == dopes
     assert (run_id_with("mmd") != run_id_with("herding")) == dopes
