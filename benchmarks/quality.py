@@ -50,6 +50,8 @@ ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "lambda=0": ("IPC 10", ["nopt.prior_weight=0"]),
     "lambda=0.5": ("IPC 10", ["nopt.prior_weight=0.5"]),
     "phi=pixels": ("IPC 10", ["nopt.feature_map=pixels"]),
+    "init=noise": ("IPC 10", ["nopt.init=noise"]),
+    "IPC 1, init=noise": ("IPC 1", ["nopt.init=noise"]),
     "IPC 50, core 10 + mmd": ("IPC 50", ["size.synthetic_cap=10"]),
     "IPC 50, core 10 + facility location": ("IPC 50", ["size.synthetic_cap=10",
                                                        "doping.selector=facility_location"]),

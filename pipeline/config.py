@@ -58,6 +58,9 @@ class NoptConfig:
 
     data_free: bool = False
     iterations: int = 100  # T; 0 gives plain sampling
+    # the noise NOpt starts from: "inverted" (DDIM inversions of the class's most representative
+    # reference images, by kernel herding) or "noise" (seeded Gaussian); T = 0 always uses noise
+    init: str = "inverted"
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
@@ -140,6 +143,7 @@ def check_feature_map(name: str, key: str, latent_allowed: bool = True) -> None:
                         "loads a local ResNet-18/34/50 weights file).")
 
 
+NOPT_INITS = ("inverted", "noise")
 SELECTORS = ("mmd", "facility_location", "herding", "kcenter", "random")
 PRIOR_KINDS = ("auto", "pixel_unet", "dit")
 ACCELERATORS = ("auto", "gpu", "cpu")
@@ -256,6 +260,8 @@ def validate(cfg: JobConfig) -> None:
              "data, doping or a size fraction); set it, or use nopt.data_free: true with "
              "size.ipc and size.doping_fraction: 0.")
     _require(nopt.iterations >= 0, f"nopt.iterations must be >= 0, got {nopt.iterations}.")
+    _require(nopt.init in NOPT_INITS, f"nopt.init {nopt.init!r} is unknown; use one of "
+             f"{list(NOPT_INITS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")
     _require(nopt.learning_rate > 0, f"nopt.learning_rate must be > 0, got "
              f"{nopt.learning_rate}.")

@@ -1,4 +1,4 @@
-"""Deterministic DDIM sampling (eta = 0) that gradients can flow through.
+"""Deterministic DDIM sampling (eta = 0) that gradients can flow through, and its inversion.
 
 Each denoising step (and the decode, for latent models) is wrapped in activation
 checkpointing, so the memory held for the backward pass is one step's activations plus the K
@@ -35,3 +35,25 @@ def ddim_sample(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor
     if use_checkpointing and torch.is_grad_enabled() and x.requires_grad:
         return checkpoint(backend.decode, x, use_reentrant=False)  # a VAE decoder is heavy
     return backend.decode(x)
+
+
+@torch.no_grad()
+def ddim_invert(backend: DiffusionBackend, latents: torch.Tensor, labels: torch.Tensor,
+                steps: int) -> torch.Tensor:
+    """The noise that ``steps`` DDIM steps map (approximately) back to ``latents``.
+
+    Runs the sampler's timesteps in reverse, predicting the noise at each step from the current
+    point (the usual first-order DDIM inversion), conditioned on ``labels`` without guidance.
+    """
+    scheduler = backend.scheduler
+    scheduler.set_timesteps(steps, device=latents.device)
+    alphas = scheduler.alphas_cumprod.to(latents.device)
+    alpha_prev = scheduler.final_alpha_cumprod.to(latents.device)  # where sampling ends
+    x = latents
+    for t in scheduler.timesteps.flip(0):
+        alpha = alphas[int(t)]
+        eps = backend.predict_noise(x, t.expand(x.shape[0]), labels, 1.0)
+        clean = (x - (1 - alpha_prev).sqrt() * eps) / alpha_prev.sqrt()
+        x = alpha.sqrt() * clean + (1 - alpha).sqrt() * eps
+        alpha_prev = alpha
+    return x

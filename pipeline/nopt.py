@@ -3,7 +3,9 @@
 For class c and budget N (METHOD.md): z ~ N(0, I) seeded per (run seed, class, sample);
 G(z) = DDIM(K steps, eta 0) with gradients through every step; loss = sum over feature blocks
 of multi-bandwidth Gaussian MMD^2(phi(G(z)), phi(real minibatch)) + lambda * shell penalty;
-Adam on z for T iterations. T = 0 is plain sampling, the built-in baseline.
+Adam on z for T iterations. T = 0 is plain sampling, the built-in baseline. With
+``nopt.init: inverted`` (the default) z starts at the DDIM inversions of the class's most
+representative reference images instead of at fresh noise (see :func:`starting_noise`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Callable
 import torch
 
 from pipeline.config import NoptConfig
-from pipeline.ddim import ddim_sample
+from pipeline.ddim import ddim_invert, ddim_sample
+from pipeline.doping import mmd_herding
 from pipeline.features import FeatureMap
 from pipeline.kernels import BANDWIDTH_SCALES
 from pipeline.prior import DiffusionBackend
@@ -61,6 +64,31 @@ def initial_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
 
 
 @torch.no_grad()
+def starting_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
+                   reference: torch.Tensor, cfg: NoptConfig, condition: int,
+                   batch: int = 256) -> torch.Tensor:
+    """z before optimisation for ``count`` samples of class ``label`` (generated as class
+    ``condition``).
+
+    ``noise`` (and any run with T = 0, plain sampling): seeded Gaussian noise. ``inverted``:
+    kernel herding (the mmd selector, in the model's latent space) picks the ``count`` reference
+    images that best match the reference's distribution, and their DDIM inversions are the
+    start, so NOpt refines a representative set instead of a random draw; samples past the
+    reference's size keep Gaussian noise.
+    """
+    z = initial_noise(backend, seed, label, count)
+    if cfg.init == "noise" or cfg.iterations == 0 or len(reference) == 0:
+        return z
+    latents = torch.cat([backend.encode(reference[s:s + batch].to(backend.device))
+                         for s in range(0, len(reference), batch)])
+    flat = latents.flatten(1).cpu().numpy()
+    picks = mmd_herding(flat, flat[:0], count, seed, label)
+    labels = torch.full((len(picks),), condition, dtype=torch.long, device=backend.device)
+    z[:len(picks)] = ddim_invert(backend, latents[picks], labels, cfg.ddim_steps)
+    return z
+
+
+@torch.no_grad()
 def sample_images(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor,
                   cfg: NoptConfig, batch: int = 512) -> torch.Tensor:
     """Plain (no-grad) DDIM samples for noise ``z`` and per-sample ``labels``, in [-1, 1]."""
@@ -95,15 +123,16 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     if not counts:
         return []
     labels_order = sorted(counts)
-    z = torch.cat([initial_noise(backend, seed, c, counts[c]) for c in labels_order])
-    z.requires_grad_(cfg.iterations > 0)
     conditioning = conditioning or {}
+    refs = {c: references[c].to(backend.device) for c in labels_order}
+    z = torch.cat([starting_noise(backend, seed, c, counts[c], refs[c], cfg,
+                                  conditioning.get(c, c)) for c in labels_order])
+    z.requires_grad_(cfg.iterations > 0)
     labels = torch.cat([torch.full((counts[c],), conditioning.get(c, c), dtype=torch.long)
                         for c in labels_order])
     labels = labels.to(backend.device)
     slices = _class_slices(labels_order, counts)
     features = FeatureMap(cfg.feature_map, backend.image_shape[0], encode=backend.encode)
-    refs = {c: references[c].to(backend.device) for c in labels_order}
     # a fixed feature map sees the same references every iteration: embed them once
     ref_blocks = {c: blocks_in_batches(features.draw(device=backend.device), refs[c])
                   for c in labels_order} if features.fixed else {}

@@ -33,6 +33,7 @@ def test_set_output_redirects_the_run():
     ("colour=red", "unknown config key 'colour'"),
     ("nopt.iterations=many", "'nopt.iterations' must be int"),
     ("nopt.iterations=-1", "nopt.iterations must be >= 0"),
+    ("nopt.init=kmeans", "nopt.init 'kmeans' is unknown"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("size.fraction=0.5", "set exactly one of size.ipc and size.fraction"),
     ("nopt=3", "config section 'nopt' must be a mapping"),

@@ -3,8 +3,10 @@ import torch
 from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
 from pipeline.images import to_model_space
+from pipeline.ddim import ddim_invert, ddim_sample
+from pipeline.doping import mmd_herding
 from pipeline.nopt import (data_free_reference, initial_noise, mmd2, optimize_classes,
-                           sample_images, shell_penalty)
+                           sample_images, shell_penalty, starting_noise)
 from pipeline.prior import load_prior
 
 
@@ -50,7 +52,7 @@ def test_nopt_reduces_the_mmd_and_is_deterministic(trained_tiny_prior, digits_di
     backend = load_prior(str(trained_tiny_prior))
     data = read_dataset(str(digits_dir / "train"), "webdataset")
     refs = {c: to_model_space(data.images[data.indices_of(c)]) for c in (1, 4)}
-    cfg = NoptConfig(iterations=40, ddim_steps=3, learning_rate=0.1)
+    cfg = NoptConfig(iterations=40, ddim_steps=3, learning_rate=0.1, init="noise")
     first = optimize_classes(backend, {1: 4, 4: 4}, refs, cfg, seed=0)
     again = optimize_classes(backend, {1: 4, 4: 4}, refs, cfg, seed=0)
     plain = optimize_classes(backend, {1: 4, 4: 4}, refs, NoptConfig(iterations=0, ddim_steps=3),
@@ -79,3 +81,46 @@ def test_data_free_reference_is_model_samples(tiny_prior):
     ref = data_free_reference(backend, 3, 6, cfg, seed=0)
     assert ref.shape == (6, 1, 8, 8)
     assert torch.equal(ref, data_free_reference(backend, 3, 6, cfg, seed=0))
+
+
+class _FixedNoiseModel:
+    """The tiny prior's scheduler with a noise prediction that ignores x and t: DDIM's update
+    is then exactly invertible, so inversion must undo sampling up to rounding."""
+
+    def __init__(self, backend, eps: torch.Tensor):
+        self.scheduler, self.eps = backend.scheduler, eps
+
+    def predict_noise(self, x, t, labels, guidance):
+        return self.eps
+
+    def decode(self, latents):
+        return latents
+
+
+def test_ddim_inversion_undoes_sampling(tiny_prior):
+    backend = _FixedNoiseModel(load_prior(str(tiny_prior)),
+                               torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    x = _reference(1, n=5)
+    labels = torch.full((5,), 1)
+    for steps in (2, 10):
+        z = ddim_invert(backend, x, labels, steps)
+        # float32: the first sampling step divides by sqrt(alpha_bar_999), about 0.006
+        assert torch.allclose(ddim_sample(backend, z, labels, steps), x, atol=1e-2)
+        assert (z - x).abs().mean() > 0.1  # it did move to the noise end
+
+
+def test_inverted_start_inverts_the_herded_references(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    reference = _reference(2, n=6)
+    cfg = NoptConfig(ddim_steps=2)
+    start = starting_noise(backend, 1, 2, 8, reference, cfg, condition=2)
+    flat = reference.flatten(1).numpy()
+    picks = mmd_herding(flat, flat[:0], 8, 1, 2)
+    assert len(picks) == 6  # the reference holds 6 images: the last 2 samples keep noise
+    assert torch.allclose(start[:6], ddim_invert(backend, reference[picks], torch.full((6,), 2),
+                                                 2))
+    noise = initial_noise(backend, 1, 2, 8)
+    assert torch.equal(start[6:], noise[6:])
+    assert not torch.allclose(start[:6], noise[:6])
+    for plain in (NoptConfig(ddim_steps=2, init="noise"), NoptConfig(ddim_steps=2, iterations=0)):
+        assert torch.equal(starting_noise(backend, 1, 2, 8, reference, plain, 2), noise)
