@@ -66,7 +66,7 @@ def initial_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
 @torch.no_grad()
 def starting_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
                    reference: torch.Tensor, cfg: NoptConfig, condition: int,
-                   batch: int = 256) -> torch.Tensor:
+                   batch: int = 32) -> torch.Tensor:
     """z before optimisation for ``count`` samples of class ``label`` (generated as class
     ``condition``).
 
@@ -74,7 +74,8 @@ def starting_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
     kernel herding (the mmd selector, in the model's latent space) picks the ``count`` reference
     images that best match the reference's distribution, and their DDIM inversions are the
     start, so NOpt refines a representative set instead of a random draw; samples past the
-    reference's size keep Gaussian noise.
+    reference's size keep Gaussian noise. The reference is encoded ``batch`` images at a time
+    (a latent model's VAE encoder holds large activations at 256 px).
     """
     z = initial_noise(backend, seed, label, count)
     if cfg.init == "noise" or cfg.iterations == 0 or len(reference) == 0:
