@@ -16,9 +16,8 @@ import torch
 
 from pipeline.config import NoptConfig
 from pipeline.ddim import ddim_invert, ddim_sample
-from pipeline.doping import mmd_herding
 from pipeline.features import FeatureMap
-from pipeline.kernels import BANDWIDTH_SCALES
+from pipeline.kernels import BANDWIDTH_SCALES, mmd_herding
 from pipeline.prior import DiffusionBackend
 from pipeline.seeding import generator
 

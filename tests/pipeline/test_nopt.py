@@ -4,7 +4,7 @@ from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
 from pipeline.images import to_model_space
 from pipeline.ddim import ddim_invert, ddim_sample
-from pipeline.doping import mmd_herding
+from pipeline.kernels import mmd_herding
 from pipeline.nopt import (data_free_reference, initial_noise, mmd2, optimize_classes,
                            sample_images, shell_penalty, starting_noise)
 from pipeline.prior import load_prior
