@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ class DopingConfig:
     embed: str = "memory"
     knn: int = 20
     exact_max: int = 50000  # classes larger than this use an HNSW index
+    # mmd only: how strongly its target leans toward samples near other classes (0: not at all)
+    boundary_weight: float = 0.5
 
 
 @dataclass
@@ -278,6 +281,9 @@ def validate(cfg: JobConfig) -> None:
     _require(cfg.doping.selector in SELECTORS, f"doping.selector {cfg.doping.selector!r} is "
              f"unknown; use one of {list(SELECTORS)}.")
     _require(cfg.doping.knn >= 1, f"doping.knn must be >= 1, got {cfg.doping.knn}.")
+    _require(math.isfinite(cfg.doping.boundary_weight) and cfg.doping.boundary_weight >= 0,
+             f"doping.boundary_weight must be a number >= 0 (0 turns the boundary lean off), "
+             f"got {cfg.doping.boundary_weight}.")
     _require(cfg.write.shard_size >= 1, f"write.shard_size must be >= 1, got "
              f"{cfg.write.shard_size}.")
     ex = cfg.execution

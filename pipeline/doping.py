@@ -5,7 +5,8 @@ s(i, j) = exp(-d^2 / sigma^2) with sigma the median kNN distance, coverage of ea
 the synthetic set, then lazy greedy facility location seeded with that coverage.
 ``mmd``: kernel herding, greedy minimisation of the same multi-bandwidth Gaussian MMD that NOpt
 minimises, between (synthetic + picked) and the class's real data: picks follow the real
-density, with lower variance than a random subset.
+density, with lower variance than a random subset. ``boundary_weights`` can tilt that target
+toward the samples that lie close to other classes (``doping.boundary_weight``).
 Baselines beside them: ``random``, ``herding`` (greedy mean matching) and ``kcenter``
 (greedy max-min distance), both seeded with the synthetic set too.
 """
@@ -42,6 +43,38 @@ def knn(index_vectors: np.ndarray, queries: np.ndarray, k: int,
     index = build_index(index_vectors, exact_max)
     d2, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return np.maximum(d2, 0.0), ids
+
+
+BOUNDARY_OWN_NEIGHBOUR = 5  # the own-class neighbour whose distance sets a point's local scale
+
+
+def other_class_distances(vectors: np.ndarray, labels: np.ndarray, k: int,
+                          exact_max: int) -> np.ndarray:
+    """Distance from each point to its nearest point of another class, looked for among its
+    ``k`` nearest neighbours over all classes; a point with none of them there gets its k-th
+    neighbour's distance (a lower bound: it lies deep inside its class)."""
+    d2, ids = knn(vectors, vectors, k + 1, exact_max)  # includes each point itself
+    other = np.asarray(labels)[ids] != np.asarray(labels)[:, None]
+    first = np.where(other.any(1), other.argmax(1), d2.shape[1] - 1)
+    return np.sqrt(d2[np.arange(len(vectors)), first])
+
+
+def boundary_weights(real: np.ndarray, other_distance: np.ndarray, strength: float,
+                     exact_max: int = 50000) -> np.ndarray:
+    """Per-point weights exp(strength * z), z the standardised boundary score of the class.
+
+    A point's score is d_own / (d_own + d_other): d_own the distance to its 5th nearest
+    neighbour of its own class (the local scale), d_other the distance to the nearest point
+    of another class. Near 1 on the class boundary, near 0 deep inside. Weighting the mmd
+    target with it keeps the picks spread over the whole class while leaning toward the
+    samples that tell it apart from the others.
+    """
+    d2, _ = knn(real, real, BOUNDARY_OWN_NEIGHBOUR + 1, exact_max)  # includes each point itself
+    own = np.sqrt(d2[:, -1])
+    score = own / np.maximum(own + other_distance, 1e-12)
+    spread = score.std()
+    z = (score - score.mean()) / spread if spread > 0 else np.zeros_like(score)
+    return np.exp(strength * z)
 
 
 def facility_location(real: np.ndarray, synthetic: np.ndarray, budget: int, k: int = 20,
@@ -127,12 +160,14 @@ def random_pick(count: int, budget: int, seed: int, label: int) -> list[int]:
 
 
 def select(selector: str, real: np.ndarray, synthetic: np.ndarray, budget: int, *, seed: int,
-           label: int, k: int = 20, exact_max: int = 50000) -> list[int]:
-    """Dispatch to a selector by name; returns positions into ``real`` in pick order."""
+           label: int, k: int = 20, exact_max: int = 50000,
+           target_weights: np.ndarray | None = None) -> list[int]:
+    """Dispatch to a selector by name; returns positions into ``real`` in pick order.
+    ``target_weights`` (from ``boundary_weights``) reweights the mmd selector's target."""
     if selector == "facility_location":
         return facility_location(real, synthetic, budget, k, exact_max)
     if selector == "mmd":
-        return mmd_herding(real, synthetic, budget, seed, label)
+        return mmd_herding(real, synthetic, budget, seed, label, target_weights=target_weights)
     if selector == "herding":
         return herding(real, synthetic, budget)
     if selector == "kcenter":

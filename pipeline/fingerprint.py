@@ -42,6 +42,8 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
     if not may_dope(cfg):  # a pure NOpt run: changing the doping settings reuses its output
         settings.pop("doping")
+    elif cfg.doping.selector != "mmd":  # only the mmd selector reads it
+        settings["doping"].pop("boundary_weight")
     payload = json.dumps({"config": settings, "input": [f.__dict__ for f in listing],
                           "model": model_rows}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

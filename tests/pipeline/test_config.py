@@ -35,6 +35,8 @@ def test_set_output_redirects_the_run():
     ("nopt.iterations=-1", "nopt.iterations must be >= 0"),
     ("nopt.init=kmeans", "nopt.init 'kmeans' is unknown"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
+    ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
+    ("doping.boundary_weight=.inf", "doping.boundary_weight must be a number >= 0"),
     ("size.fraction=0.5", "set exactly one of size.ipc and size.fraction"),
     ("nopt=3", "config section 'nopt' must be a mapping"),
     ("noequals", "must look like key=value"),
@@ -85,3 +87,12 @@ def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dope
     assert may_dope(load_config(None, [*BASE, *size])) \
         == dopes
     assert (run_id_with("mmd") != run_id_with("herding")) == dopes
+
+
+def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():
+    def run_id_with(*overrides):
+        return run_id(load_config(None, [*BASE, "size.ipc=50", *overrides]), [], [])
+
+    assert run_id_with("doping.boundary_weight=0") != run_id_with("doping.boundary_weight=1")
+    assert run_id_with("doping.selector=kcenter", "doping.boundary_weight=0") \
+        == run_id_with("doping.selector=kcenter", "doping.boundary_weight=1")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.doping import (facility_location, herding, kcenter, mmd_herding, random_pick,
-                             select)
+from pipeline.doping import (boundary_weights, facility_location, herding, kcenter, mmd_herding,
+                             other_class_distances, random_pick, select)
 from pipeline.errors import DscoError
 
 
@@ -88,3 +88,32 @@ def test_random_is_seeded_and_select_dispatches():
     assert len(select("kcenter", real[:3], np.zeros((0, 2)), 10, seed=0, label=0)) == 3
     with pytest.raises(DscoError):
         select("best", real, real, 1, seed=0, label=0)
+
+
+def test_other_class_distances_find_the_nearest_foreign_point_among_the_neighbours():
+    points = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]], dtype=np.float32)
+    labels = np.array([0, 0, 0, 1, 1])
+    assert other_class_distances(points, labels, 4, 50000).tolist() == [10, 9, 8, 8, 9]
+    # with 2 neighbours, points 0-2 see only their own class: the 2nd neighbour's distance
+    assert other_class_distances(points, labels, 2, 50000).tolist() == [2, 1, 2, 8, 9]
+
+
+def test_boundary_weights_lean_toward_the_other_class():
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 1, (200, 2)).astype(np.float32)
+    other_distance = np.abs(4.0 - real[:, 0])  # another class sits along x = 4
+    weights = boundary_weights(real, other_distance, 1.0)
+    near, far = real[:, 0] > 1, real[:, 0] < -1
+    assert weights[near].mean() > 2 * weights[far].mean()
+    assert np.allclose(boundary_weights(real, other_distance, 0.0), 1.0)
+
+
+def test_weighted_mmd_target_moves_the_picks_and_none_keeps_them():
+    real, ids = clusters(sizes=(30, 30))
+    empty = np.zeros((0, 2), np.float32)
+    assert np.bincount(ids[mmd_herding(real, empty, 8)]).tolist() == [4, 4]
+    weights = np.where(ids == 1, 3.0, 1.0)  # cluster 1 counts three times
+    assert np.bincount(ids[mmd_herding(real, empty, 8, target_weights=weights)]).tolist() \
+        == [2, 6]
+    assert select("mmd", real, empty, 8, seed=0, label=0, target_weights=np.ones(60)) == \
+        mmd_herding(real, empty, 8)
