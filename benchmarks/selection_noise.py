@@ -20,28 +20,45 @@ import numpy as np
 
 from pipeline.class_store import InMemoryStore
 from pipeline.datasets import read_dataset
-from pipeline.doping import facility_location, herding, kcenter, mmd_herding, random_pick
+from pipeline.config import DopingConfig
+from pipeline.doping import (boundary_weights, facility_location, herding, kcenter, mmd_herding,
+                             other_class_distances, random_pick)
 from pipeline.evaluation import evaluate_set
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "selection_noise.json")
 ARCHS = ("convnet", "mlp")
 BUDGETS = {"IPC 10": lambda n: 10, "IPC 50": lambda n: 50,
            "20%": lambda n: max(1, round(0.2 * n)), "50%": lambda n: max(1, round(0.5 * n))}
-SELECTORS = {  # name -> (embeddings, budget, label, draw) -> positions
-    "facility location, k=20": lambda e, b, c, s: facility_location(e, e[:0], b, 20),
-    "facility location, k=5": lambda e, b, c, s: facility_location(e, e[:0], b, 5),
-    "mmd (kernel herding)": lambda e, b, c, s: mmd_herding(e, e[:0], b, s, c),
-    "herding": lambda e, b, c, s: herding(e, e[:0], b),
-    "k-center": lambda e, b, c, s: kcenter(e, e[:0], b),
-    "random": lambda e, b, c, s: random_pick(len(e), b, s, c),
+LEAN = DopingConfig().boundary_weight
+SELECTORS = {  # name -> (embeddings, budget, label, draw, other-class distances) -> positions
+    "facility location, k=20": lambda e, b, c, s, o: facility_location(e, e[:0], b, 20),
+    "facility location, k=5": lambda e, b, c, s, o: facility_location(e, e[:0], b, 5),
+    "mmd (kernel herding)": lambda e, b, c, s, o: mmd_herding(e, e[:0], b, s, c),
+    f"mmd, boundary lean {LEAN:g} (default)": lambda e, b, c, s, o: mmd_herding(
+        e, e[:0], b, s, c, target_weights=boundary_weights(e, o[c], LEAN, b)),
+    "herding": lambda e, b, c, s, o: herding(e, e[:0], b),
+    "k-center": lambda e, b, c, s, o: kcenter(e, e[:0], b),
+    "random": lambda e, b, c, s, o: random_pick(len(e), b, s, c),
 }
 
 
-def evaluate_selector(store: InMemoryStore, test, pick, budget, draw: int) -> dict:
+def other_distances(store: InMemoryStore) -> list[np.ndarray]:
+    """Per class, each sample's distance to the nearest sample of another class (as the
+    doping stage computes it, with the default knn)."""
+    sizes = store.class_sizes()
+    vectors = np.concatenate([store.embeddings(c) for c in range(len(sizes))])
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    defaults = DopingConfig()
+    distances = other_class_distances(vectors, labels, defaults.knn, defaults.exact_max)
+    return np.split(distances, np.cumsum(sizes)[:-1])
+
+
+def evaluate_selector(store: InMemoryStore, test, pick, budget, draw: int,
+                      other: list[np.ndarray]) -> dict:
     """Accuracy per architecture of the set ``pick`` makes from one draw's embeddings."""
     images, labels = [], []
     for label, size in enumerate(store.class_sizes()):
-        chosen = pick(store.embeddings(label), budget(size), label, draw)
+        chosen = pick(store.embeddings(label), budget(size), label, draw, other)
         images.append(store.images(label)[chosen])
         labels += [label] * len(chosen)
     return {arch: evaluate_set(np.concatenate(images), np.array(labels), test.images,
@@ -61,9 +78,10 @@ def main() -> None:
     for draw in range(args.draws):
         store = InMemoryStore(os.path.join(args.out, "data", "train"), "webdataset",
                               "random_conv", draw, os.path.join(args.out, "selection-cache"))
+        other = other_distances(store)
         for size in sizes:
             for name, pick in SELECTORS.items():
-                result = evaluate_selector(store, test, pick, BUDGETS[size], draw)
+                result = evaluate_selector(store, test, pick, BUDGETS[size], draw, other)
                 for arch in ARCHS:
                     accs[size, name][arch].append(result[arch])
                 print(f"draw {draw}, {size}, {name}: " + " / ".join(

@@ -121,8 +121,9 @@ class ShardedStore:
         return self._classes[label]
 
     def embeddings(self, label: int) -> np.ndarray:
-        column = self._table(label).column("embedding").to_pylist()
-        return np.asarray(column, dtype=np.float32).reshape(len(column), -1)
+        column = self._table(label).column("embedding").combine_chunks()
+        values = column.flatten().to_numpy(zero_copy_only=False)  # no Python floats on the way
+        return np.asarray(values, dtype=np.float32).reshape(len(column), -1)
 
     def samples(self, label: int, picks: list[int]) -> list[tuple[str, bytes, str]]:
         """Fetch the picked samples by key from their input shards (each shard read once; a

@@ -83,8 +83,9 @@ class DopingConfig:
     embed: str = "memory"
     knn: int = 20
     exact_max: int = 50000  # classes larger than this use an HNSW index
-    # mmd only: how strongly its target leans toward samples near other classes (0: not at all)
-    boundary_weight: float = 0.5
+    # mmd only: how strongly its target leans toward samples near other classes when the whole
+    # class is kept; scaled by the share kept (0: not at all)
+    boundary_weight: float = 1.5
 
 
 @dataclass

@@ -59,16 +59,19 @@ def other_class_distances(vectors: np.ndarray, labels: np.ndarray, k: int,
     return np.sqrt(d2[np.arange(len(vectors)), first])
 
 
-def boundary_weights(real: np.ndarray, other_distance: np.ndarray, strength: float,
-                     exact_max: int = 50000) -> np.ndarray:
+def boundary_weights(real: np.ndarray, other_distance: np.ndarray, boundary_weight: float,
+                     kept: int, exact_max: int = 50000) -> np.ndarray:
     """Per-point weights exp(strength * z), z the standardised boundary score of the class.
 
     A point's score is d_own / (d_own + d_other): d_own the distance to its 5th nearest
     neighbour of its own class (the local scale), d_other the distance to the nearest point
     of another class. Near 1 on the class boundary, near 0 deep inside. Weighting the mmd
     target with it keeps the picks spread over the whole class while leaning toward the
-    samples that tell it apart from the others.
+    samples that tell it apart from the others. The strength is ``boundary_weight`` times the
+    share of the class the set keeps (``kept`` images of ``len(real)``): a small set must
+    first represent the class's bulk, a large one gains most near the other classes.
     """
+    strength = boundary_weight * min(1.0, kept / max(1, len(real)))
     d2, _ = knn(real, real, BOUNDARY_OWN_NEIGHBOUR + 1, exact_max)  # includes each point itself
     own = np.sqrt(d2[:, -1])
     score = own / np.maximum(own + other_distance, 1e-12)

@@ -8,7 +8,7 @@ from pipeline.class_store import InMemoryStore, ShardedStore
 from pipeline.config import DopingConfig
 from pipeline.doping import boundary_weights, other_class_distances, select
 from pipeline.images import decode_image, to_model_space
-from pipeline.planning import WorkUnit
+from pipeline.planning import ClassBudget, WorkUnit
 from pipeline.samples import Sample, UnitOutput, real_key
 
 
@@ -48,27 +48,28 @@ class RealDataStage:
                            self._embed_samples(synthetic, real_vectors.shape[1]), budget.real,
                            seed=self.seed, label=budget.label, k=self.doping.knn,
                            exact_max=self.doping.exact_max,
-                           target_weights=self._target_weights(budget.label, real_vectors))
+                           target_weights=self._target_weights(budget, real_vectors))
             name = self.store.class_names[budget.label]
             for rank, (key, data, ext) in enumerate(self.store.samples(budget.label, picks)):
                 samples.append(Sample(real_key(budget.label, rank), budget.label, name, "real",
                                       data, ext, origin=key))
         return UnitOutput(output.unit_id, samples, output.metrics)
 
-    def _target_weights(self, label: int, real_vectors: np.ndarray) -> np.ndarray | None:
-        """The mmd selector's boundary lean for class ``label`` (None when it is off)."""
+    def _target_weights(self, budget: ClassBudget, real_vectors: np.ndarray) -> np.ndarray | None:
+        """The mmd selector's boundary lean for one class (None when it is off)."""
         if self.doping.selector != "mmd" or self.doping.boundary_weight == 0:
             return None
         if self._other_distance is None:
             self._other_distance = self._other_class_distances()
-        return boundary_weights(real_vectors, self._other_distance[label],
-                                self.doping.boundary_weight, self.doping.exact_max)
+        return boundary_weights(real_vectors, self._other_distance[budget.label],
+                                self.doping.boundary_weight, budget.synthetic + budget.real,
+                                self.doping.exact_max)
 
     def _other_class_distances(self) -> list[np.ndarray]:
         """Per class, each sample's distance to the nearest sample of another class: one kNN
         pass over every class's embeddings (held together in memory while it runs)."""
         sizes = self.store.class_sizes()
-        vectors = np.concatenate([self.store.embeddings(c) for c in range(len(sizes))])
+        vectors = np.concatenate([self.store.embeddings(c) for c, n in enumerate(sizes) if n])
         labels = np.repeat(np.arange(len(sizes)), sizes)
         distances = other_class_distances(vectors, labels, self.doping.knn,
                                           self.doping.exact_max)

@@ -102,10 +102,13 @@ def test_boundary_weights_lean_toward_the_other_class():
     rng = np.random.default_rng(0)
     real = rng.normal(0, 1, (200, 2)).astype(np.float32)
     other_distance = np.abs(4.0 - real[:, 0])  # another class sits along x = 4
-    weights = boundary_weights(real, other_distance, 1.0)
+    weights = boundary_weights(real, other_distance, 1.0, kept=200)
     near, far = real[:, 0] > 1, real[:, 0] < -1
     assert weights[near].mean() > 2 * weights[far].mean()
-    assert np.allclose(boundary_weights(real, other_distance, 0.0), 1.0)
+    assert np.allclose(boundary_weights(real, other_distance, 0.0, kept=200), 1.0)
+    # keeping a tenth of the class: a tenth of the strength
+    assert np.allclose(boundary_weights(real, other_distance, 1.0, kept=20),
+                       boundary_weights(real, other_distance, 0.1, kept=200))
 
 
 def test_weighted_mmd_target_moves_the_picks_and_none_keeps_them():
