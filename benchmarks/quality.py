@@ -62,6 +62,8 @@ ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "20%, no boundary lean": ("20%", ["doping.boundary_weight=0"]),
     "50%, no boundary lean": ("50%", ["doping.boundary_weight=0"]),
     "20%, core 10": ("20%", ["size.synthetic_cap=10"]),
+    "20%, core 20": ("20%", ["size.synthetic_cap=20"]),
+    "20%, core 30": ("20%", ["size.synthetic_cap=30"]),
     "50%, core 10": ("50%", ["size.synthetic_cap=10"]),
     "50%, core 20": ("50%", ["size.synthetic_cap=20"]),
 }
