@@ -19,11 +19,12 @@ import os
 import numpy as np
 
 from pipeline.class_store import InMemoryStore
-from pipeline.datasets import read_dataset
 from pipeline.config import DopingConfig
+from pipeline.datasets import read_dataset
 from pipeline.doping import (boundary_weights, facility_location, herding, kcenter, mmd_herding,
-                             other_class_distances, random_pick)
+                             random_pick)
 from pipeline.evaluation import evaluate_set
+from pipeline.selection import distances_to_other_classes
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "selection_noise.json")
 ARCHS = ("convnet", "mlp")
@@ -40,17 +41,6 @@ SELECTORS = {  # name -> (embeddings, budget, label, draw, other-class distances
     "k-center": lambda e, b, c, s, o: kcenter(e, e[:0], b),
     "random": lambda e, b, c, s, o: random_pick(len(e), b, s, c),
 }
-
-
-def other_distances(store: InMemoryStore) -> list[np.ndarray]:
-    """Per class, each sample's distance to the nearest sample of another class (as the
-    doping stage computes it, with the default knn)."""
-    sizes = store.class_sizes()
-    vectors = np.concatenate([store.embeddings(c) for c in range(len(sizes))])
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    defaults = DopingConfig()
-    distances = other_class_distances(vectors, labels, defaults.knn, defaults.exact_max)
-    return np.split(distances, np.cumsum(sizes)[:-1])
 
 
 def evaluate_selector(store: InMemoryStore, test, pick, budget, draw: int,
@@ -78,7 +68,7 @@ def main() -> None:
     for draw in range(args.draws):
         store = InMemoryStore(os.path.join(args.out, "data", "train"), "webdataset",
                               "random_conv", draw, os.path.join(args.out, "selection-cache"))
-        other = other_distances(store)
+        other = distances_to_other_classes(store, DopingConfig())
         for size in sizes:
             for name, pick in SELECTORS.items():
                 result = evaluate_selector(store, test, pick, BUDGETS[size], draw, other)

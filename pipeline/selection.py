@@ -12,6 +12,17 @@ from pipeline.planning import ClassBudget, WorkUnit
 from pipeline.samples import Sample, UnitOutput, real_key
 
 
+def distances_to_other_classes(store: InMemoryStore | ShardedStore,
+                               doping: DopingConfig) -> list[np.ndarray]:
+    """Per class, each sample's distance to the nearest sample of another class: one kNN pass
+    over every class's embeddings (held together in memory while it runs)."""
+    sizes = store.class_sizes()
+    vectors = np.concatenate([store.embeddings(c) for c, n in enumerate(sizes) if n])
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    distances = other_class_distances(vectors, labels, doping.knn, doping.exact_max)
+    return np.split(distances, np.cumsum(sizes)[:-1])
+
+
 class RealDataStage:
     """Serves references and doping from ``store``; one instance per run."""
 
@@ -60,20 +71,10 @@ class RealDataStage:
         if self.doping.selector != "mmd" or self.doping.boundary_weight == 0:
             return None
         if self._other_distance is None:
-            self._other_distance = self._other_class_distances()
+            self._other_distance = distances_to_other_classes(self.store, self.doping)
         return boundary_weights(real_vectors, self._other_distance[budget.label],
                                 self.doping.boundary_weight, budget.synthetic + budget.real,
                                 self.doping.exact_max)
-
-    def _other_class_distances(self) -> list[np.ndarray]:
-        """Per class, each sample's distance to the nearest sample of another class: one kNN
-        pass over every class's embeddings (held together in memory while it runs)."""
-        sizes = self.store.class_sizes()
-        vectors = np.concatenate([self.store.embeddings(c) for c, n in enumerate(sizes) if n])
-        labels = np.repeat(np.arange(len(sizes)), sizes)
-        distances = other_class_distances(vectors, labels, self.doping.knn,
-                                          self.doping.exact_max)
-        return np.split(distances, np.cumsum(sizes)[:-1])
 
     def _embed_samples(self, samples: list[Sample], dim: int) -> np.ndarray:
         if not samples:
