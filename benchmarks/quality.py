@@ -97,13 +97,17 @@ class BenchSettings:
     prior: PriorTrainingConfig
     job_overrides: tuple[str, ...] = ()
     include_full: bool = True
+    # each set is trained this many times (seeds s, s + 1000, ...): training noise is as large
+    # as most gaps between methods, and retraining a set costs seconds where building it costs
+    # minutes
+    trainings_per_set: int = 1
 
     @classmethod
     def full(cls, ablations: bool = True) -> "BenchSettings":
         # activation checkpointing only saves accelerator memory; on CPUs it costs time
         return cls(tuple(SIZES), tuple(METHODS), (0, 1, 2, 3, 4),
                    tuple(ABLATIONS) if ablations else (), PriorTrainingConfig(),
-                   ("nopt.checkpointing=false",))
+                   ("nopt.checkpointing=false",), trainings_per_set=3)
 
     @classmethod
     def quick(cls) -> "BenchSettings":
@@ -120,7 +124,8 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     results_url = join(out, "results.json")
     results = read_json(results_url) or {"cells": {}}
     results["settings"] = {"seeds": list(settings.seeds), "architectures": list(ARCHS),
-                           "job_overrides": list(settings.job_overrides)}
+                           "job_overrides": list(settings.job_overrides),
+                           "trainings_per_set": settings.trainings_per_set}
     cells = [Cell(m, s, METHODS[m], settings.seeds) for s in settings.sizes
              for m in settings.methods if (m, s) not in SKIP]
     cells += [Cell(f"ablation: {a}", ABLATIONS[a][0], ABLATIONS[a][1], settings.seeds[:1])
@@ -136,15 +141,18 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
             progress=progress) for set_seed in cell.set_seeds]
         run_ids = [job.run_id for job in jobs]
         cached = results["cells"].get(cell.key)
-        if cached and cached["run_ids"] == run_ids and cached["seeds"] == list(settings.seeds):
+        if cached and cached["run_ids"] == run_ids and cached["seeds"] == list(settings.seeds) \
+                and cached.get("trainings_per_set", 1) == settings.trainings_per_set:
             continue
         sets = [load_run_images(job.run_url) for job in jobs]
         row = {"method": cell.method, "size": cell.size, "run_ids": run_ids,
                "images": len(sets[0][1]), "synthetic": jobs[0].metrics.get("synthetic"),
                "real": jobs[0].metrics.get("real"), "seeds": list(settings.seeds),
+               "trainings_per_set": settings.trainings_per_set,
                "build_seconds": round(time.time() - started, 1)}
         for arch in ARCHS:
-            row[arch] = _evaluate_sets(sets, test, list(settings.seeds), arch)
+            row[arch] = _evaluate_sets(sets, test, list(settings.seeds), arch,
+                                       settings.trainings_per_set)
         row["mean_of_archs"] = float(np.mean([row[a]["mean"] for a in ARCHS]))
         results["cells"][cell.key] = row
         write_json(results_url, results)
@@ -159,14 +167,26 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     return results
 
 
-def _evaluate_sets(sets: list, test, seeds: list[int], arch: str) -> dict:
-    """One set per seed: set i is trained with seed i. One set: trained with every seed."""
+TRAINING_SEED_STRIDE = 1000  # training round k of the set with seed s uses seed s + 1000 k
+
+
+def training_seeds(seed: int, trainings: int) -> list[int]:
+    """The classifier seeds a set built with ``seed`` is trained with."""
+    return [seed + TRAINING_SEED_STRIDE * k for k in range(trainings)]
+
+
+def _evaluate_sets(sets: list, test, seeds: list[int], arch: str,
+                   trainings_per_set: int = 1) -> dict:
+    """One set per seed: set i is trained with seeds i, i + 1000, ... (``trainings_per_set``
+    of them). One set: trained with every seed of every round. Mean and std are over all
+    trainings; ``accuracies`` lists them set by set."""
+    num_classes = len(test.class_names)
     if len(sets) == 1:
-        return evaluate_set(*sets[0], test.images, test.labels, len(test.class_names), seeds,
-                            arch)
-    accs = [evaluate_set(images, labels, test.images, test.labels, len(test.class_names),
-                         [seed], arch)["accuracies"][0]
-            for (images, labels), seed in zip(sets, seeds)]
+        every = [t for s in seeds for t in training_seeds(s, trainings_per_set)]
+        return evaluate_set(*sets[0], test.images, test.labels, num_classes, every, arch)
+    accs = [acc for (images, labels), seed in zip(sets, seeds)
+            for acc in evaluate_set(images, labels, test.images, test.labels, num_classes,
+                                    training_seeds(seed, trainings_per_set), arch)["accuracies"]]
     return {"accuracies": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
 
 
@@ -180,9 +200,13 @@ def markdown_tables(results: dict) -> str:
         return " / ".join(f"{row[a]['mean']:.1f} ± {row[a]['std']:.1f}" for a in ARCHS)
 
     sizes = [s for s in SIZES if any(r["size"] == s for r in cells.values())]
+    settings = results["settings"]
+    rounds = settings.get("trainings_per_set", 1)
+    trained = "trains on it" if rounds == 1 else \
+        f"trains on it {rounds} times (classifier seeds s, s + {TRAINING_SEED_STRIDE}, ...)"
     lines = [f"Accuracy (%) on the digits test split, {' / '.join(ARCHS)}, mean ± std over "
-             f"seeds {results['settings']['seeds']}; each seed builds its own set (job seed) and "
-             "trains on it.", "",
+             f"{len(settings['seeds']) * rounds} trainings: each seed s of "
+             f"{settings['seeds']} builds its own set (job seed) and {trained}.", "",
              "| method | " + " | ".join(sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
     for method in METHODS:
         if any(r["method"] == method for r in cells.values()):
@@ -194,7 +218,7 @@ def markdown_tables(results: dict) -> str:
     ablations = [r for r in cells.values() if r["method"].startswith("ablation: ")]
     if ablations:
         lines += ["", "Ablations (DsCo with one setting changed; one set, job seed 0, trained "
-                  "with every seed):", "",
+                  "with every classifier seed of the main table):", "",
                   "| setting | size | images (synthetic + real) | accuracy |", "|---|---|---|---|"]
         for r in ablations:
             lines.append(f"| {r['method'][len('ablation: '):]} | {r['size']} | {r['images']} "

@@ -42,3 +42,7 @@ def test_in_the_main_table_each_seed_trains_on_its_own_set():
                       for i, seed in enumerate([3, 4])]
     assert paired[0] > paired[1]
     assert len(_evaluate_sets(sets[:1], test, [3, 4], "mlp")["accuracies"]) == 2
+    retrained = _evaluate_sets(sets, test, [3, 4], "mlp", trainings_per_set=2)["accuracies"]
+    assert retrained == [evaluate_set(*sets[i], images, labels, 2, [seed], "mlp")["accuracies"][0]
+                         for i, seed in ((0, 3), (0, 1003), (1, 4), (1, 1004))]
+    assert len(_evaluate_sets(sets[:1], test, [3, 4], "mlp", 2)["accuracies"]) == 4
