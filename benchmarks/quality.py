@@ -74,7 +74,7 @@ class Cell:
     """One method at one size. Each of ``set_seeds`` builds its own set (job ``seed``): the main
     table builds one per evaluation seed, so the spread covers which samples a method picks
     (a random subset's draw, psi's random weights, NOpt's initial noise) as well as training;
-    an ablation builds one set (seed 0) and trains it with every seed."""
+    an ablation builds one set (seed 0) and trains it with every classifier seed."""
 
     method: str
     size: str
