@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from benchmarks.parallel_training import train_and_test
 from cluster.demo import ensure_prior
 from cluster.driver import run_job
 from pipeline.config import load_config
 from pipeline.datasets import read_dataset
 from pipeline.digits import prepare_digits
-from pipeline.evaluation import evaluate_set
+from pipeline.evaluation import TrainRecipe
 from pipeline.prior_training import PriorTrainingConfig
 from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_bytes, write_json
@@ -107,7 +108,7 @@ class BenchSettings:
         # activation checkpointing only saves accelerator memory; on CPUs it costs time
         return cls(tuple(SIZES), tuple(METHODS), (0, 1, 2, 3, 4),
                    tuple(ABLATIONS) if ablations else (), PriorTrainingConfig(),
-                   ("nopt.checkpointing=false",), trainings_per_set=3)
+                   ("nopt.checkpointing=false",), trainings_per_set=2)
 
     @classmethod
     def quick(cls) -> "BenchSettings":
@@ -123,9 +124,10 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     test = read_dataset(join(out, "data", "test"), "webdataset")
     results_url = join(out, "results.json")
     results = read_json(results_url) or {"cells": {}}
+    recipe = asdict(TrainRecipe())  # part of each cell's cache key: a new recipe retrains
     results["settings"] = {"seeds": list(settings.seeds), "architectures": list(ARCHS),
                            "job_overrides": list(settings.job_overrides),
-                           "trainings_per_set": settings.trainings_per_set}
+                           "trainings_per_set": settings.trainings_per_set, "recipe": recipe}
     cells = [Cell(m, s, METHODS[m], settings.seeds) for s in settings.sizes
              for m in settings.methods if (m, s) not in SKIP]
     cells += [Cell(f"ablation: {a}", ABLATIONS[a][0], ABLATIONS[a][1], settings.seeds[:1])
@@ -142,13 +144,14 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
         run_ids = [job.run_id for job in jobs]
         cached = results["cells"].get(cell.key)
         if cached and cached["run_ids"] == run_ids and cached["seeds"] == list(settings.seeds) \
-                and cached.get("trainings_per_set", 1) == settings.trainings_per_set:
+                and cached.get("trainings_per_set", 1) == settings.trainings_per_set \
+                and cached.get("recipe") == recipe:
             continue
         sets = [load_run_images(job.run_url) for job in jobs]
         row = {"method": cell.method, "size": cell.size, "run_ids": run_ids,
                "images": len(sets[0][1]), "synthetic": jobs[0].metrics.get("synthetic"),
                "real": jobs[0].metrics.get("real"), "seeds": list(settings.seeds),
-               "trainings_per_set": settings.trainings_per_set,
+               "trainings_per_set": settings.trainings_per_set, "recipe": recipe,
                "build_seconds": round(time.time() - started, 1)}
         for arch in ARCHS:
             row[arch] = _evaluate_sets(sets, test, list(settings.seeds), arch,
@@ -175,18 +178,19 @@ def training_seeds(seed: int, trainings: int) -> list[int]:
     return [seed + TRAINING_SEED_STRIDE * k for k in range(trainings)]
 
 
+def training_plan(num_sets: int, seeds: list[int], trainings_per_set: int) -> list[tuple[int, int]]:
+    """(set index, classifier seed) of every training of a cell. One set per seed: set i is
+    trained with seeds i, i + 1000, ... (``trainings_per_set`` of them). One set: trained with
+    every seed of every round."""
+    if num_sets == 1:
+        return [(0, t) for s in seeds for t in training_seeds(s, trainings_per_set)]
+    return [(i, t) for i, s in enumerate(seeds) for t in training_seeds(s, trainings_per_set)]
+
+
 def _evaluate_sets(sets: list, test, seeds: list[int], arch: str,
                    trainings_per_set: int = 1) -> dict:
-    """One set per seed: set i is trained with seeds i, i + 1000, ... (``trainings_per_set``
-    of them). One set: trained with every seed of every round. Mean and std are over all
-    trainings; ``accuracies`` lists them set by set."""
-    num_classes = len(test.class_names)
-    if len(sets) == 1:
-        every = [t for s in seeds for t in training_seeds(s, trainings_per_set)]
-        return evaluate_set(*sets[0], test.images, test.labels, num_classes, every, arch)
-    accs = [acc for (images, labels), seed in zip(sets, seeds)
-            for acc in evaluate_set(images, labels, test.images, test.labels, num_classes,
-                                    training_seeds(seed, trainings_per_set), arch)["accuracies"]]
+    """Mean and std over all trainings of the plan; ``accuracies`` lists them set by set."""
+    accs = train_and_test(sets, training_plan(len(sets), seeds, trainings_per_set), test, arch)
     return {"accuracies": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
 
 
@@ -206,7 +210,8 @@ def markdown_tables(results: dict) -> str:
         f"trains on it {rounds} times (classifier seeds s, s + {TRAINING_SEED_STRIDE}, ...)"
     lines = [f"Accuracy (%) on the digits test split, {' / '.join(ARCHS)}, mean ± std over "
              f"{len(settings['seeds']) * rounds} trainings: each seed s of "
-             f"{settings['seeds']} builds its own set (job seed) and {trained}.", "",
+             f"{settings['seeds']} builds its own set (job seed) and {trained}."
+             + _recipe_sentence(settings.get("recipe")), "",
              "| method | " + " | ".join(sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
     for method in METHODS:
         if any(r["method"] == method for r in cells.values()):
@@ -224,6 +229,14 @@ def markdown_tables(results: dict) -> str:
             lines.append(f"| {r['method'][len('ablation: '):]} | {r['size']} | {r['images']} "
                          f"({r['synthetic']} + {r['real']}) | {fmt(r)} |")
     return "\n".join(lines) + "\n"
+
+
+def _recipe_sentence(recipe: dict | None) -> str:
+    if not recipe:
+        return ""
+    return (f" Every classifier: {recipe['steps']} AdamW steps of {recipe['batch_size']} images,"
+            f" learning rate {recipe['learning_rate']:g} cosine-decayed, weight decay "
+            f"{recipe['weight_decay']:g}, random shifts of up to {recipe['augment_shift']} px.")
 
 
 def plot(results: dict) -> bytes:

@@ -48,10 +48,14 @@ ARCHITECTURES = {"convnet": ConvNet, "mlp": MLP}
 @dataclass(frozen=True)
 class TrainRecipe:
     """One fixed recipe for every method, so comparisons are fair: a fixed number of optimizer
-    steps (full passes over sets smaller than a batch), cosine-decayed."""
+    steps (full passes over sets smaller than a batch), cosine-decayed.
 
-    steps: int = 300
-    batch_size: int = 256
+    The step count is set by when training on the full digits train set stops gaining, so that
+    large sets are not disadvantaged (docs/method.md, "The training recipe"): 300 steps of 256
+    left the full set at 97.3 % (ConvNet), 1200 steps of 128 reach 98.8 %."""
+
+    steps: int = 1200
+    batch_size: int = 128
     learning_rate: float = 1e-2
     weight_decay: float = 5e-4
     augment_shift: int = 1  # random translation in pixels (0: off)

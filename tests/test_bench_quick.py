@@ -26,10 +26,19 @@ def test_quick_quality_benchmark_writes_results_table_and_plot(ray_local, tmp_pa
 
 
 def test_in_the_main_table_each_seed_trains_on_its_own_set():
+    from benchmarks.quality import training_plan
+
+    assert training_plan(2, [3, 4], 1) == [(0, 3), (1, 4)]
+    assert training_plan(2, [3, 4], 2) == [(0, 3), (0, 1003), (1, 4), (1, 1004)]
+    # an ablation builds one set and trains it with every seed of every round
+    assert training_plan(1, [3, 4], 2) == [(0, 3), (0, 1003), (0, 4), (0, 1004)]
+
+
+def test_parallel_trainings_match_training_in_the_driver(ray_local):
     from types import SimpleNamespace
 
-    from benchmarks.quality import _evaluate_sets
-    from pipeline.evaluation import evaluate_set
+    from benchmarks.parallel_training import train_and_test
+    from pipeline.evaluation import TrainRecipe, evaluate_set
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 10)
@@ -37,12 +46,9 @@ def test_in_the_main_table_each_seed_trains_on_its_own_set():
         rng.integers(0, 20, (20, 8, 8, 1), dtype=np.uint8)
     sets = [(images, labels), (images, rng.permutation(labels))]  # separable, then scrambled
     test = SimpleNamespace(images=images, labels=labels, class_names=["a", "b"])
-    paired = _evaluate_sets(sets, test, [3, 4], "mlp")["accuracies"]
-    assert paired == [evaluate_set(*sets[i], images, labels, 2, [seed], "mlp")["accuracies"][0]
-                      for i, seed in enumerate([3, 4])]
-    assert paired[0] > paired[1]
-    assert len(_evaluate_sets(sets[:1], test, [3, 4], "mlp")["accuracies"]) == 2
-    retrained = _evaluate_sets(sets, test, [3, 4], "mlp", trainings_per_set=2)["accuracies"]
-    assert retrained == [evaluate_set(*sets[i], images, labels, 2, [seed], "mlp")["accuracies"][0]
-                         for i, seed in ((0, 3), (0, 1003), (1, 4), (1, 1004))]
-    assert len(_evaluate_sets(sets[:1], test, [3, 4], "mlp", 2)["accuracies"]) == 4
+    recipe = TrainRecipe(steps=100)
+    plan = [(0, 3), (1, 4), (1, 5)]
+    accs = train_and_test(sets, plan, test, "mlp", recipe)
+    assert accs == [evaluate_set(*sets[i], images, labels, 2, [seed], "mlp", recipe)
+                    ["accuracies"][0] for i, seed in plan]
+    assert accs[0] > max(accs[1:])  # in plan order: set 0 is the learnable one
