@@ -15,8 +15,8 @@ from pipeline.evaluation import TrainRecipe, evaluate_set
 
 @ray.remote(num_cpus=1)
 def _train_and_test(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
-                   test_labels: np.ndarray, num_classes: int, seed: int, arch: str,
-                   recipe: TrainRecipe) -> float:
+                    test_labels: np.ndarray, num_classes: int, seed: int, arch: str,
+                    recipe: TrainRecipe) -> float:
     import torch
 
     torch.set_num_threads(1)
@@ -25,7 +25,7 @@ def _train_and_test(images: np.ndarray, labels: np.ndarray, test_images: np.ndar
 
 
 def train_and_test(sets: list[tuple[np.ndarray, np.ndarray]], plan: list[tuple[int, int]],
-                    test, arch: str, recipe: TrainRecipe = TrainRecipe()) -> list[float]:
+                   test, arch: str, recipe: TrainRecipe = TrainRecipe()) -> list[float]:
     """Test accuracy of one fresh ``arch`` classifier per (set index, classifier seed) in
     ``plan``, trained on that set alone; in plan order. Joins or starts Ray if needed."""
     connect(None)
@@ -33,4 +33,4 @@ def train_and_test(sets: list[tuple[np.ndarray, np.ndarray]], plan: list[tuple[i
     test_refs = ray.put(test.images), ray.put(test.labels)
     num_classes = len(test.class_names)
     return ray.get([_train_and_test.remote(*set_refs[i], *test_refs, num_classes, seed, arch,
-                                          recipe) for i, seed in plan])
+                                           recipe) for i, seed in plan])

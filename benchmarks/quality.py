@@ -178,7 +178,8 @@ def training_seeds(seed: int, trainings: int) -> list[int]:
     return [seed + TRAINING_SEED_STRIDE * k for k in range(trainings)]
 
 
-def training_plan(num_sets: int, seeds: list[int], trainings_per_set: int) -> list[tuple[int, int]]:
+def training_plan(num_sets: int, seeds: list[int],
+                  trainings_per_set: int) -> list[tuple[int, int]]:
     """(set index, classifier seed) of every training of a cell. One set per seed: set i is
     trained with seeds i, i + 1000, ... (``trainings_per_set`` of them). One set: trained with
     every seed of every round."""

@@ -74,7 +74,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
     torch.manual_seed(derive_seed(seed, "classifier", arch))
     gen = torch.Generator().manual_seed(derive_seed(seed, "classifier-batches"))
     x = to_model_space(images)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    y = torch.tensor(np.asarray(labels), dtype=torch.int64)  # a copy: Ray hands read-only arrays
     model = ARCHITECTURES[arch](x.shape[1], num_classes, x.shape[2])
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
                             weight_decay=recipe.weight_decay)
