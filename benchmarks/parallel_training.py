@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import ray
+import torch
 
 from cluster.resources import connect
 from pipeline.evaluation import TrainRecipe, evaluate_set
@@ -17,8 +18,6 @@ from pipeline.evaluation import TrainRecipe, evaluate_set
 def _train_and_test(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
                     test_labels: np.ndarray, num_classes: int, seed: int, arch: str,
                     recipe: TrainRecipe) -> float:
-    import torch
-
     torch.set_num_threads(1)
     return evaluate_set(images, labels, test_images, test_labels, num_classes, [seed], arch,
                         recipe)["accuracies"][0]
