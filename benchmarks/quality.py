@@ -124,7 +124,8 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     test = read_dataset(join(out, "data", "test"), "webdataset")
     results_url = join(out, "results.json")
     results = read_json(results_url) or {"cells": {}}
-    recipe = asdict(TrainRecipe())  # part of each cell's cache key: a new recipe retrains
+    train_recipe = TrainRecipe()
+    recipe = asdict(train_recipe)  # part of each cell's cache key: a new recipe retrains
     results["settings"] = {"seeds": list(settings.seeds), "architectures": list(ARCHS),
                            "job_overrides": list(settings.job_overrides),
                            "trainings_per_set": settings.trainings_per_set, "recipe": recipe}
@@ -155,7 +156,7 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
                "build_seconds": round(time.time() - started, 1)}
         for arch in ARCHS:
             row[arch] = _evaluate_sets(sets, test, list(settings.seeds), arch,
-                                       settings.trainings_per_set)
+                                       settings.trainings_per_set, train_recipe)
         row["mean_of_archs"] = float(np.mean([row[a]["mean"] for a in ARCHS]))
         results["cells"][cell.key] = row
         write_json(results_url, results)
@@ -188,10 +189,11 @@ def training_plan(num_sets: int, seeds: list[int],
     return [(i, t) for i, s in enumerate(seeds) for t in training_seeds(s, trainings_per_set)]
 
 
-def _evaluate_sets(sets: list, test, seeds: list[int], arch: str,
-                   trainings_per_set: int = 1) -> dict:
+def _evaluate_sets(sets: list, test, seeds: list[int], arch: str, trainings_per_set: int,
+                   recipe: TrainRecipe) -> dict:
     """Mean and std over all trainings of the plan; ``accuracies`` lists them set by set."""
-    accs = train_and_test(sets, training_plan(len(sets), seeds, trainings_per_set), test, arch)
+    plan = training_plan(len(sets), seeds, trainings_per_set)
+    accs = train_and_test(sets, plan, test, arch, recipe)
     return {"accuracies": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
 
 
