@@ -98,17 +98,17 @@ class BenchSettings:
     prior: PriorTrainingConfig
     job_overrides: tuple[str, ...] = ()
     include_full: bool = True
-    # each set is trained this many times (seeds s, s + 1000, ...): training noise is as large
-    # as most gaps between methods, and retraining a set costs seconds where building it costs
-    # minutes
+    # each set is trained this many times (seeds s, s + 1000, ...). Full runs keep 1 and build
+    # more sets instead: which samples a set draws moves a cell more than retraining does
+    # (docs/method.md, "The selection study")
     trainings_per_set: int = 1
 
     @classmethod
     def full(cls, ablations: bool = True) -> "BenchSettings":
         # activation checkpointing only saves accelerator memory; on CPUs it costs time
-        return cls(tuple(SIZES), tuple(METHODS), (0, 1, 2, 3, 4),
+        return cls(tuple(SIZES), tuple(METHODS), tuple(range(10)),
                    tuple(ABLATIONS) if ablations else (), PriorTrainingConfig(),
-                   ("nopt.checkpointing=false",), trainings_per_set=2)
+                   ("nopt.checkpointing=false",))
 
     @classmethod
     def quick(cls) -> "BenchSettings":

@@ -5,10 +5,13 @@ the draw's seed, and so does the random subset); each set is trained like the qu
 (ConvNet and MLP from scratch, training seed = draw). Means over draws separate a selector's
 expected quality from the luck of one draw, which single-set comparisons cannot.
 
-    python -m benchmarks.selection_noise --out benchmarks/out [--draws 5] [--sizes "IPC 50,20%"]
+    python -m benchmarks.selection_noise --out benchmarks/out [--draws 5] [--first-draw 0]
+        [--sizes "IPC 50,20%"] [--workers N] [--sets-only]
 
-Needs the digits data of a quality-benchmark folder (``dsco bench quality`` makes it). Writes
-benchmarks/results/selection_noise.json (per-draw accuracies, mean and standard error).
+Needs the digits data of a quality-benchmark folder (``dsco bench quality`` makes it). The sets
+go to OUT/selection-study/sets.npz and the trainings to results.jsonl beside it (resumable;
+``--sets-only`` stops after the sets, to train them elsewhere with ``benchmarks.set_training``).
+Writes benchmarks/results/selection_noise.json (per-draw accuracies, mean and standard error).
 """
 from __future__ import annotations
 
@@ -18,12 +21,11 @@ import os
 
 import numpy as np
 
+from benchmarks.set_training import read_results, save_sets, train_saved_sets
 from pipeline.class_store import InMemoryStore
 from pipeline.config import DopingConfig
 from pipeline.datasets import read_dataset
-from pipeline.doping import (boundary_weights, facility_location, herding, kcenter, mmd_herding,
-                             random_pick)
-from pipeline.evaluation import evaluate_set
+from pipeline.doping import boundary_weights, kcenter, mmd_herding, random_pick
 from pipeline.selection import distances_to_other_classes
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "selection_noise.json")
@@ -31,57 +33,85 @@ ARCHS = ("convnet", "mlp")
 BUDGETS = {"IPC 10": lambda n: 10, "IPC 50": lambda n: 50,
            "20%": lambda n: max(1, round(0.2 * n)), "50%": lambda n: max(1, round(0.5 * n))}
 LEAN = DopingConfig().boundary_weight
+
+
+def leaning_mmd(kernel_scale: float):
+    """The mmd selector with the default boundary lean and kernels ``kernel_scale`` x NOpt's."""
+    return lambda e, b, c, s, o: mmd_herding(
+        e, e[:0], b, s, c, target_weights=boundary_weights(e, o[c], LEAN, b),
+        kernel_scale=kernel_scale)
+
+
 SELECTORS = {  # name -> (embeddings, budget, label, draw, other-class distances) -> positions
-    "facility location, k=20": lambda e, b, c, s, o: facility_location(e, e[:0], b, 20),
-    "facility location, k=5": lambda e, b, c, s, o: facility_location(e, e[:0], b, 5),
-    "mmd (kernel herding)": lambda e, b, c, s, o: mmd_herding(e, e[:0], b, s, c),
-    f"mmd, boundary lean {LEAN:g} (default)": lambda e, b, c, s, o: mmd_herding(
-        e, e[:0], b, s, c, target_weights=boundary_weights(e, o[c], LEAN, b)),
-    "herding": lambda e, b, c, s, o: herding(e, e[:0], b),
+    f"mmd, lean {LEAN:g}, kernels x1": leaning_mmd(1.0),
+    f"mmd, lean {LEAN:g}, kernels x0.5": leaning_mmd(0.5),
+    f"mmd, lean {LEAN:g}, kernels x0.25": leaning_mmd(0.25),
+    f"mmd, lean {LEAN:g}, kernels x0.1": leaning_mmd(0.1),
     "k-center": lambda e, b, c, s, o: kcenter(e, e[:0], b),
     "random": lambda e, b, c, s, o: random_pick(len(e), b, s, c),
 }
 
 
-def evaluate_selector(store: InMemoryStore, test, pick, budget, draw: int,
-                      other: list[np.ndarray]) -> dict:
-    """Accuracy per architecture of the set ``pick`` makes from one draw's embeddings."""
-    images, labels = [], []
-    for label, size in enumerate(store.class_sizes()):
-        chosen = pick(store.embeddings(label), budget(size), label, draw, other)
-        images.append(store.images(label)[chosen])
-        labels += [label] * len(chosen)
-    return {arch: evaluate_set(np.concatenate(images), np.array(labels), test.images,
-                               test.labels, len(store.class_names), [draw], arch)["mean"]
-            for arch in ARCHS}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, help="a quality-benchmark folder")
-    parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--sizes", default=",".join(BUDGETS))
-    args = parser.parse_args()
-    test = read_dataset(os.path.join(args.out, "data", "test"), "webdataset")
-    sizes = args.sizes.split(",")
-    accs: dict = {(s, name): {a: [] for a in ARCHS} for s in sizes for name in SELECTORS}
-    for draw in range(args.draws):
-        store = InMemoryStore(os.path.join(args.out, "data", "train"), "webdataset",
-                              "random_conv", draw, os.path.join(args.out, "selection-cache"))
+def select_sets(out: str, draws: range, sizes: list[str]) -> list[dict]:
+    """Every selector's set for every draw and size, in draw order."""
+    sets = []
+    for draw in draws:
+        store = InMemoryStore(os.path.join(out, "data", "train"), "webdataset",
+                              "random_conv", draw, os.path.join(out, "selection-cache"))
         other = distances_to_other_classes(store, DopingConfig())
         for size in sizes:
             for name, pick in SELECTORS.items():
-                result = evaluate_selector(store, test, pick, BUDGETS[size], draw, other)
-                for arch in ARCHS:
-                    accs[size, name][arch].append(result[arch])
-                print(f"draw {draw}, {size}, {name}: " + " / ".join(
-                    f"{result[a]:.2f}" for a in ARCHS), flush=True)
-    rows = [{"size": size, "selector": name, **{arch: {
+                images, labels = [], []
+                for label, count in enumerate(store.class_sizes()):
+                    chosen = pick(store.embeddings(label), BUDGETS[size](count), label, draw,
+                                  other)
+                    images.append(store.images(label)[chosen])
+                    labels += [label] * len(chosen)
+                sets.append({"draw": draw, "seed": draw, "size": size, "selector": name,
+                             "images": np.concatenate(images), "labels": np.array(labels)})
+        print(f"draw {draw}: sets selected", flush=True)
+    return sets
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (size, selector) and arch: the per-draw accuracies, their mean and standard error."""
+    order = {name: i for i, name in enumerate([*BUDGETS, *SELECTORS])}
+    accs: dict = {}
+    for r in sorted(rows, key=lambda r: (order.get(r["size"], len(order)),
+                                         order.get(r["selector"], len(order)), r["draw"])):
+        accs.setdefault((r["size"], r["selector"]), {}).setdefault(r["arch"], []).append(
+            r["accuracy"])
+    return [{"size": size, "selector": name, **{arch: {
         "accuracies": values, "mean": float(np.mean(values)),
         "stderr": float(np.std(values) / np.sqrt(len(values)))}
         for arch, values in per_arch.items()}} for (size, name), per_arch in accs.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="a quality-benchmark folder")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--first-draw", type=int, default=0)
+    parser.add_argument("--sizes", default=",".join(BUDGETS))
+    parser.add_argument("--workers", type=int, default=None, help="training processes")
+    parser.add_argument("--sets-only", action="store_true")
+    args = parser.parse_args()
+    study = os.path.join(args.out, "selection-study")
+    os.makedirs(study, exist_ok=True)
+    sets_path, results = os.path.join(study, "sets.npz"), os.path.join(study, "results.jsonl")
+    draws = range(args.first_draw, args.first_draw + args.draws)
+    if not os.path.exists(sets_path):
+        test = read_dataset(os.path.join(args.out, "data", "test"), "webdataset")
+        save_sets(sets_path, select_sets(args.out, draws, args.sizes.split(",")), test.images,
+                  test.labels, len(test.class_names))
+    if args.sets_only:
+        print(f"wrote {sets_path}; train it with python -m benchmarks.set_training")
+        return
+    train_saved_sets(sets_path, results, ARCHS, args.workers)
+    rows = summarise(read_results(results))
     with open(OUT, "w") as f:
-        json.dump({"draws": args.draws, "rows": rows}, f, indent=2)
+        json.dump({"draws": list(draws), "rows": rows}, f, indent=2)
     for row in rows:
         print(f"{row['size']:>7} {row['selector']:<32} " + " / ".join(
             f"{row[a]['mean']:.2f} ± {row[a]['stderr']:.2f}" for a in ARCHS))

@@ -23,10 +23,11 @@ def _kernel(d2: np.ndarray, median: float) -> np.ndarray:
 
 def mmd_herding(real: np.ndarray, synthetic: np.ndarray, budget: int, seed: int = 0,
                 label: int = 0, reference_max: int = MMD_REFERENCE_MAX,
-                target_weights: np.ndarray | None = None) -> list[int]:
+                target_weights: np.ndarray | None = None, kernel_scale: float = 1.0) -> list[int]:
     """Greedy picks that minimise MMD^2(synthetic + picked, real) (kernel herding).
 
-    The kernel is NOpt's: Gaussians at {0.5, 1, 2} x the median pairwise squared distance.
+    The kernel is NOpt's: Gaussians at {0.5, 1, 2} x the median pairwise squared distance,
+    times ``kernel_scale`` (below 1: narrower kernels, which weigh local coverage more).
     The real side (its mean embedding and the median) comes from at most ``reference_max``
     real points (a seeded sample above that), so memory stays O(n * reference_max).
     ``target_weights`` (one per real point, positive) reweights the real distribution the picks
@@ -48,7 +49,7 @@ def mmd_herding(real: np.ndarray, synthetic: np.ndarray, budget: int, seed: int 
     ref_d2 = _squared_distances(reference, reference)
     off_diagonal = ref_d2[~np.eye(len(reference), dtype=bool)]
     median = float(np.median(off_diagonal)) if off_diagonal.size else 1.0
-    median = median if median > 0 else 1.0
+    median = (median if median > 0 else 1.0) * kernel_scale
     # For a candidate j, with S the m points chosen so far (synthetic first):
     # MMD^2(S + j) = const + (2 sum_s k(j, s) + k(j, j)) / (m + 1)^2 - 2 mean_x k(j, x) / (m + 1)
     to_real = np.concatenate([(_kernel(_squared_distances(real[i:i + 1024], reference), median)

@@ -120,3 +120,15 @@ def test_weighted_mmd_target_moves_the_picks_and_none_keeps_them():
         == [2, 6]
     assert select("mmd", real, empty, 8, seed=0, label=0, target_weights=np.ones(60)) == \
         mmd_herding(real, empty, 8)
+
+
+def test_mmd_kernel_scale_moves_the_first_pick_from_the_mean_to_the_densest_spot():
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0, 8, (80, 1))
+    dense = 10 + rng.normal(0, 0.01, (20, 1))
+    real = np.concatenate([spread, dense])
+    wide = mmd_herding(real, real[:0], 1, kernel_scale=1000.0)[0]
+    narrow = mmd_herding(real, real[:0], 1, kernel_scale=0.001)[0]
+    assert abs(real[wide, 0] - real.mean()) < 0.5  # a wide kernel matches the mean first
+    assert narrow >= 80  # a narrow one, where most real points sit close together
+    assert mmd_herding(real, real[:0], 5) == mmd_herding(real, real[:0], 5, kernel_scale=1.0)
