@@ -131,10 +131,10 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
                            "trainings_per_set": settings.trainings_per_set, "recipe": recipe}
     cells = [Cell(m, s, METHODS[m], settings.seeds) for s in settings.sizes
              for m in settings.methods if (m, s) not in SKIP]
+    if settings.include_full:  # before the ablations: the main table's targets need it
+        cells.append(Cell("full train set", "100%", FULL, settings.seeds))
     cells += [Cell(f"ablation: {a}", ABLATIONS[a][0], ABLATIONS[a][1], settings.seeds[:1])
               for a in settings.ablations]
-    if settings.include_full:
-        cells.append(Cell("full train set", "100%", FULL, settings.seeds))
     for cell in cells:
         started = time.time()
         jobs = [run_job(load_config(None, [
