@@ -73,6 +73,14 @@ def select_sets(out: str, draws: range, sizes: list[str]) -> list[dict]:
     return sets
 
 
+def saved_study(sets_path: str) -> tuple[list[int], list[str], list[str]]:
+    """The draws, sizes and selectors of the sets a study saved."""
+    with np.load(sets_path) as data:
+        tags = json.loads(str(data["meta"]))["tags"]
+    return (sorted({t["draw"] for t in tags}), sorted({t["size"] for t in tags}),
+            sorted({t["selector"] for t in tags}))
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Per (size, selector) and arch: the per-draw accuracies, their mean and standard error."""
     order = {name: i for i, name in enumerate([*BUDGETS, *SELECTORS])}
@@ -101,10 +109,15 @@ def main() -> None:
     os.makedirs(study, exist_ok=True)
     sets_path, results = os.path.join(study, "sets.npz"), os.path.join(study, "results.jsonl")
     draws = range(args.first_draw, args.first_draw + args.draws)
+    sizes = args.sizes.split(",")
     if not os.path.exists(sets_path):
         test = read_dataset(os.path.join(args.out, "data", "test"), "webdataset")
-        save_sets(sets_path, select_sets(args.out, draws, args.sizes.split(",")), test.images,
-                  test.labels, len(test.class_names))
+        save_sets(sets_path, select_sets(args.out, draws, sizes), test.images, test.labels,
+                  len(test.class_names))
+    elif saved_study(sets_path) != (list(draws), sorted(sizes), sorted(SELECTORS)):
+        raise SystemExit(f"{sets_path} holds a study of other draws, sizes or selectors than "
+                         f"--first-draw {args.first_draw} --draws {args.draws} --sizes "
+                         f"{args.sizes!r} ask for; move {study} away to start this one.")
     if args.sets_only:
         print(f"wrote {sets_path}; train it with python -m benchmarks.set_training")
         return
