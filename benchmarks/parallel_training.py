@@ -1,6 +1,6 @@
 """Training many evaluation classifiers at once: one Ray task (one CPU) per training.
 
-A benchmark cell trains 5 sets x several seeds x 2 architectures; the trainings are independent,
+A benchmark cell trains 10 sets x 2 architectures; the trainings are independent,
 so they spread over every CPU of the cluster instead of queueing in the driver. Each task uses
 one thread: small networks gain little from a second thread and a lot from a second process.
 """
@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import ray
-import torch
 
+from benchmarks.set_training import single_thread_accuracy
 from cluster.resources import connect
-from pipeline.evaluation import TrainRecipe, evaluate_set
+from pipeline.evaluation import TrainRecipe
 
 
-@ray.remote(num_cpus=1)
-def _train_and_test(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
-                    test_labels: np.ndarray, num_classes: int, seed: int, arch: str,
-                    recipe: TrainRecipe) -> float:
-    torch.set_num_threads(1)
-    return evaluate_set(images, labels, test_images, test_labels, num_classes, [seed], arch,
-                        recipe)["accuracies"][0]
+_train_and_test = ray.remote(num_cpus=1)(single_thread_accuracy)
 
 
 def train_and_test(sets: list[tuple[np.ndarray, np.ndarray]], plan: list[tuple[int, int]],

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from benchmarks.set_training import read_results, save_sets, train_saved_sets
+from benchmarks.set_training import read_results, save_sets, saved_meta, train_saved_sets
 from pipeline.class_store import InMemoryStore
 from pipeline.config import DopingConfig
 from pipeline.datasets import read_dataset
@@ -75,8 +75,7 @@ def select_sets(out: str, draws: range, sizes: list[str]) -> list[dict]:
 
 def saved_study(sets_path: str) -> tuple[list[int], list[str], list[str]]:
     """The draws, sizes and selectors of the sets a study saved."""
-    with np.load(sets_path) as data:
-        tags = json.loads(str(data["meta"]))["tags"]
+    tags = saved_meta(sets_path)["tags"]
     return (sorted({t["draw"] for t in tags}), sorted({t["size"] for t in tags}),
             sorted({t["selector"] for t in tags}))
 

@@ -36,13 +36,28 @@ def save_sets(path: str, sets: list[dict], test_images: np.ndarray, test_labels:
     np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def _train_one(path: str, index: int, arch: str, seed: int, recipe: TrainRecipe) -> float:
+def single_thread_accuracy(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
+                           test_labels: np.ndarray, num_classes: int, seed: int, arch: str,
+                           recipe: TrainRecipe) -> float:
+    """Test accuracy of one fresh classifier trained with one thread: the unit of work of
+    every parallel trainer (a second thread gains little; a second process a lot)."""
     torch.set_num_threads(1)
+    return evaluate_set(images, labels, test_images, test_labels, num_classes, [seed], arch,
+                        recipe)["accuracies"][0]
+
+
+def saved_meta(path: str) -> dict:
+    """The number of classes and the per-set tags a .npz of ``save_sets`` holds."""
     with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-        return evaluate_set(data[f"images_{index}"], data[f"labels_{index}"],
-                            data["test_images"], data["test_labels"], meta["num_classes"],
-                            [seed], arch, recipe)["accuracies"][0]
+        return json.loads(str(data["meta"]))
+
+
+def _train_one(path: str, index: int, num_classes: int, arch: str, seed: int,
+               recipe: TrainRecipe) -> float:
+    with np.load(path) as data:
+        return single_thread_accuracy(data[f"images_{index}"], data[f"labels_{index}"],
+                                      data["test_images"], data["test_labels"], num_classes,
+                                      seed, arch, recipe)
 
 
 def train_saved_sets(path: str, results: str, archs: tuple[str, ...] = ("convnet", "mlp"),
@@ -50,13 +65,14 @@ def train_saved_sets(path: str, results: str, archs: tuple[str, ...] = ("convnet
     """Train every saved set once per arch (classifier seed = the set's ``seed``), in set order
     across ``workers`` processes; append each result to the JSON-lines file ``results``.
     Returns all result rows, including those an earlier run already wrote."""
-    with np.load(path) as data:
-        tags = json.loads(str(data["meta"]))["tags"]
+    meta = saved_meta(path)
+    tags = meta["tags"]
     rows = read_results(results)
     done = {(r["index"], r["arch"]) for r in rows}
     jobs = [(i, arch) for i in range(len(tags)) for arch in archs if (i, arch) not in done]
     with ProcessPoolExecutor(workers or os.cpu_count()) as pool, open(results, "a") as out:
-        futures = {pool.submit(_train_one, path, i, arch, tags[i]["seed"], recipe): (i, arch)
+        futures = {pool.submit(_train_one, path, i, meta["num_classes"], arch, tags[i]["seed"],
+                               recipe): (i, arch)
                    for i, arch in jobs}
         for future in as_completed(futures):
             i, arch = futures[future]
