@@ -137,11 +137,7 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
               for a in settings.ablations]
     for cell in cells:
         started = time.time()
-        jobs = [run_job(load_config(None, [
-            f"output={join(out, 'runs')}", f"input.url={join(out, 'data', 'train')}",
-            f"model.path={os.path.join(out, 'prior')}", f"seed={set_seed}",
-            *SIZES.get(cell.size, []), *cell.overrides, *settings.job_overrides]),
-            progress=progress) for set_seed in cell.set_seeds]
+        jobs = build_sets(out, cell, settings.job_overrides, progress)
         run_ids = [job.run_id for job in jobs]
         cached = results["cells"].get(cell.key)
         if cached and cached["run_ids"] == run_ids and cached["seeds"] == list(settings.seeds) \
@@ -169,6 +165,16 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     write_bytes(join(out, "results.md"), markdown_tables(results).encode())
     write_bytes(join(out, "accuracy_vs_size.png"), plot(results))
     return results
+
+
+def build_sets(out: str, cell: Cell, job_overrides: tuple[str, ...], progress: bool = True) -> list:
+    """Run the concentration job once per set seed of ``cell`` (outputs under OUT/runs, reused
+    when a run with the same run_id is complete); returns the jobs' results in seed order."""
+    return [run_job(load_config(None, [
+        f"output={join(out, 'runs')}", f"input.url={join(out, 'data', 'train')}",
+        f"model.path={os.path.join(out, 'prior')}", f"seed={set_seed}",
+        *SIZES.get(cell.size, []), *cell.overrides, *job_overrides]),
+        progress=progress) for set_seed in cell.set_seeds]
 
 
 TRAINING_SEED_STRIDE = 1000  # training round k of the set with seed s uses seed s + 1000 k

@@ -23,6 +23,34 @@ def test_quick_quality_benchmark_writes_results_table_and_plot(ray_local, tmp_pa
     assert "| DsCo |" in table and "| random real |" in table
     assert (tmp_path / "accuracy_vs_size.png").read_bytes().startswith(b"\x89PNG")
     assert "| plain sampling |" in capsys.readouterr().out
+    _check_paired_ablation(tmp_path, results)
+
+
+def _check_paired_ablation(out, results):
+    """A variant over the benchmark's sets, paired seed by seed with its DsCo cell."""
+    from benchmarks.paired_ablation import run_paired
+    from benchmarks.quality import BenchSettings
+
+    saved = out / "paired.json"
+    dsco = results["cells"]["DsCo @ IPC 10"]
+    same = run_paired(str(out), "IPC 10", [], BenchSettings.quick(), str(saved), False)
+    assert same["run_ids"] == same["base_run_ids"] == dsco["run_ids"]  # reuses the table's set
+    for arch in ("convnet", "mlp"):  # the same set and seed train to the same accuracy
+        assert same[arch]["accuracies"] == dsco[arch]["accuracies"]
+        assert same[arch]["difference"] == {"mean": 0.0, "stderr": None}
+    plain_sampling = ["nopt.iterations=0", "size.crossover_ipc=null"]  # the table's overrides
+    plain = run_paired(str(out), "IPC 10", plain_sampling, BenchSettings.quick(), str(saved),
+                       False)
+    assert plain["run_ids"] == results["cells"]["plain sampling @ IPC 10"]["run_ids"]
+    for arch in ("convnet", "mlp"):
+        table_row = results["cells"]["plain sampling @ IPC 10"][arch]
+        assert plain[arch]["accuracies"] == table_row["accuracies"]
+        assert plain[arch]["difference"]["mean"] == pytest.approx(
+            table_row["mean"] - dsco[arch]["mean"])
+    assert set(json.loads(saved.read_text())["rows"]) == {
+        "IPC 10: ", "IPC 10: nopt.iterations=0 size.crossover_ipc=null"}
+    with pytest.raises(SystemExit, match="no DsCo @ IPC 50 cell"):
+        run_paired(str(out), "IPC 50", [], BenchSettings.quick(), str(saved), False)
 
 
 def test_in_the_main_table_each_seed_trains_on_its_own_set():

@@ -1,0 +1,103 @@
+"""One DsCo setting changed, over every set of the quality benchmark, paired with its DsCo cell.
+
+The benchmark's ablation rows build one set (job seed 0) and train it 10 times, so they measure
+the training's noise on one draw; at IPC 10 which set a seed draws moves a cell more (the
+default's seed-0 set is 96.2 / 93.9 over 10 trainings, its ten sets 96.4 / 94.6 with one each).
+This builds DsCo with the changed setting for every seed of the main table, through the same
+job, trains each set once with that seed like the table does, and reports the difference to
+the table's DsCo cell seed by seed: its mean and standard error.
+
+    python -m benchmarks.paired_ablation --out benchmarks/out --size "IPC 10" \\
+        nopt.prior_weight=0 [more overrides]
+
+Needs a finished full benchmark in OUT (its results.json, data and prior). Appends (or
+replaces) the variant's row in benchmarks/results/paired_ablations.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict
+
+import numpy as np
+
+from benchmarks.quality import ARCHS, SIZES, BenchSettings, Cell, _evaluate_sets, build_sets
+from pipeline.datasets import read_dataset
+from pipeline.evaluation import TrainRecipe
+from pipeline.reader import load_run_images
+from pipeline.storage import join, read_json, write_json
+
+OUT = os.path.join(os.path.dirname(__file__), "results", "paired_ablations.json")
+
+
+def paired_difference(variant: list[float], base: list[float]) -> dict:
+    """Mean of variant - base, seed by seed, and the standard error of that mean (None from
+    a single seed)."""
+    diff = np.asarray(variant) - np.asarray(base)
+    stderr = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+    return {"mean": float(diff.mean()), "stderr": stderr}
+
+
+def base_cell(results: dict, size: str, seeds: list[int], recipe: dict) -> dict:
+    """The DsCo cell of ``size`` from a benchmark's results, checked to be comparable."""
+    cell = (results or {}).get("cells", {}).get(f"DsCo @ {size}")
+    if cell is None or cell["seeds"] != seeds or cell.get("recipe") != recipe \
+            or cell.get("trainings_per_set", 1) != 1:
+        raise SystemExit(f"no DsCo @ {size} cell with seeds {seeds}, one training per set and "
+                         "the current training recipe in the benchmark's results.json: run "
+                         "`dsco bench quality --out DIR` first, then pass the same DIR.")
+    return cell
+
+
+def run_paired(out: str, size: str, overrides: list[str],
+               settings: BenchSettings | None = None, results_path: str = OUT,
+               progress: bool = True) -> dict:
+    """Build, train and compare one variant under the benchmark ``settings`` OUT was run with
+    (the full ones by default); returns its row, also saved in ``results_path``."""
+    if size not in SIZES:
+        raise SystemExit(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    settings = settings or BenchSettings.full(ablations=False)
+    recipe = TrainRecipe()
+    base = base_cell(read_json(join(out, "results.json")), size, list(settings.seeds),
+                     asdict(recipe))
+    name = f"{size}: {' '.join(overrides)}"
+    saved = read_json(results_path) or {"rows": {}}
+    jobs = build_sets(out, Cell("paired ablation", size, overrides, settings.seeds),
+                      settings.job_overrides, progress)
+    run_ids = [job.run_id for job in jobs]
+    row = saved["rows"].get(name)
+    if row and row["run_ids"] == run_ids and row["base_run_ids"] == base["run_ids"] \
+            and row["recipe"] == asdict(recipe):
+        return row
+    sets = [load_run_images(job.run_url) for job in jobs]
+    test = read_dataset(join(out, "data", "test"), "webdataset")
+    row = {"size": size, "overrides": overrides, "seeds": list(settings.seeds),
+           "run_ids": run_ids, "base_run_ids": base["run_ids"], "recipe": asdict(recipe),
+           "synthetic": jobs[0].metrics.get("synthetic"), "real": jobs[0].metrics.get("real")}
+    for arch in ARCHS:
+        evaluated = _evaluate_sets(sets, test, list(settings.seeds), arch, 1, recipe)
+        row[arch] = {**evaluated, "base_mean": base[arch]["mean"],
+                     "difference": paired_difference(evaluated["accuracies"],
+                                                     base[arch]["accuracies"])}
+    saved["rows"][name] = row
+    write_json(results_path, saved)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="a finished quality-benchmark folder")
+    parser.add_argument("--size", required=True, help=f"one of {', '.join(SIZES)}")
+    parser.add_argument("overrides", nargs="+", help="job settings, as for `dsco run --set`")
+    args = parser.parse_args()
+    row = run_paired(args.out, args.size, args.overrides)
+    for arch in ARCHS:
+        r, diff = row[arch], row[arch]["difference"]
+        print(f"{arch}: {r['mean']:.2f} against DsCo {r['base_mean']:.2f}: paired difference "
+              f"{diff['mean']:+.2f} ± {diff['stderr']:.2f}")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
