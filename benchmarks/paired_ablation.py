@@ -21,7 +21,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from benchmarks.quality import ARCHS, SIZES, BenchSettings, Cell, _evaluate_sets, build_sets
+from benchmarks.quality import ARCHS, SIZES, BenchSettings, Cell, evaluate_sets, build_sets
 from pipeline.datasets import read_dataset
 from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
@@ -75,7 +75,7 @@ def run_paired(out: str, size: str, overrides: list[str],
            "run_ids": run_ids, "base_run_ids": base["run_ids"], "recipe": asdict(recipe),
            "synthetic": jobs[0].metrics.get("synthetic"), "real": jobs[0].metrics.get("real")}
     for arch in ARCHS:
-        evaluated = _evaluate_sets(sets, test, list(settings.seeds), arch, 1, recipe)
+        evaluated = evaluate_sets(sets, test, list(settings.seeds), arch, 1, recipe)
         row[arch] = {**evaluated, "base_mean": base[arch]["mean"],
                      "difference": paired_difference(evaluated["accuracies"],
                                                      base[arch]["accuracies"])}

@@ -151,8 +151,8 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
                "trainings_per_set": settings.trainings_per_set, "recipe": recipe,
                "build_seconds": round(time.time() - started, 1)}
         for arch in ARCHS:
-            row[arch] = _evaluate_sets(sets, test, list(settings.seeds), arch,
-                                       settings.trainings_per_set, train_recipe)
+            row[arch] = evaluate_sets(sets, test, list(settings.seeds), arch,
+                                      settings.trainings_per_set, train_recipe)
         row["mean_of_archs"] = float(np.mean([row[a]["mean"] for a in ARCHS]))
         results["cells"][cell.key] = row
         write_json(results_url, results)
@@ -195,8 +195,8 @@ def training_plan(num_sets: int, seeds: list[int],
     return [(i, t) for i, s in enumerate(seeds) for t in training_seeds(s, trainings_per_set)]
 
 
-def _evaluate_sets(sets: list, test, seeds: list[int], arch: str, trainings_per_set: int,
-                   recipe: TrainRecipe) -> dict:
+def evaluate_sets(sets: list, test, seeds: list[int], arch: str, trainings_per_set: int,
+                  recipe: TrainRecipe) -> dict:
     """Mean and std over all trainings of the plan; ``accuracies`` lists them set by set."""
     plan = training_plan(len(sets), seeds, trainings_per_set)
     accs = train_and_test(sets, plan, test, arch, recipe)
