@@ -57,9 +57,9 @@ def run_paired(out: str, size: str, overrides: list[str],
     if size not in SIZES:
         raise SystemExit(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     settings = settings or BenchSettings.full(ablations=False)
-    recipe = TrainRecipe()
-    base = base_cell(read_json(join(out, "results.json")), size, list(settings.seeds),
-                     asdict(recipe))
+    recipe, seeds = TrainRecipe(), list(settings.seeds)
+    recipe_key = asdict(recipe)  # what a benchmark cell records of its recipe
+    base = base_cell(read_json(join(out, "results.json")), size, seeds, recipe_key)
     name = f"{size}: {' '.join(overrides)}"
     saved = read_json(results_path) or {"rows": {}}
     jobs = build_sets(out, Cell("paired ablation", size, overrides, settings.seeds),
@@ -67,15 +67,15 @@ def run_paired(out: str, size: str, overrides: list[str],
     run_ids = [job.run_id for job in jobs]
     row = saved["rows"].get(name)
     if row and row["run_ids"] == run_ids and row["base_run_ids"] == base["run_ids"] \
-            and row["recipe"] == asdict(recipe):
+            and row["recipe"] == recipe_key:
         return row
     sets = [load_run_images(job.run_url) for job in jobs]
     test = read_dataset(join(out, "data", "test"), "webdataset")
-    row = {"size": size, "overrides": overrides, "seeds": list(settings.seeds),
-           "run_ids": run_ids, "base_run_ids": base["run_ids"], "recipe": asdict(recipe),
+    row = {"size": size, "overrides": overrides, "seeds": seeds,
+           "run_ids": run_ids, "base_run_ids": base["run_ids"], "recipe": recipe_key,
            "synthetic": jobs[0].metrics.get("synthetic"), "real": jobs[0].metrics.get("real")}
     for arch in ARCHS:
-        evaluated = evaluate_sets(sets, test, list(settings.seeds), arch, 1, recipe)
+        evaluated = evaluate_sets(sets, test, seeds, arch, 1, recipe)
         row[arch] = {**evaluated, "base_mean": base[arch]["mean"],
                      "difference": paired_difference(evaluated["accuracies"],
                                                      base[arch]["accuracies"])}
