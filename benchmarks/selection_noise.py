@@ -6,12 +6,15 @@ the draw's seed, and so does the random subset); each set is trained like the qu
 expected quality from the luck of one draw, which single-set comparisons cannot.
 
     python -m benchmarks.selection_noise --out benchmarks/out [--draws 5] [--first-draw 0]
-        [--sizes "IPC 50,20%"] [--workers N] [--sets-only]
+        [--sizes "IPC 50,20%"] [--selector NAME ...] [--study NAME] [--results PATH]
+        [--workers N] [--sets-only]
 
 Needs the digits data of a quality-benchmark folder (``dsco bench quality`` makes it). The sets
-go to OUT/selection-study/sets.npz and the trainings to results.jsonl beside it (resumable;
-``--sets-only`` stops after the sets, to train them elsewhere with ``benchmarks.set_training``).
-Writes benchmarks/results/selection_noise.json (per-draw accuracies, mean and standard error).
+go to OUT/<study>/sets.npz (``--study``, default selection-study) and the trainings to
+results.jsonl beside it (resumable; ``--sets-only`` stops after the sets, to train them
+elsewhere with ``benchmarks.set_training``). ``--selector`` (repeatable) limits the study to
+some selectors. Writes ``--results`` (default benchmarks/results/selection_noise.json: per-draw
+accuracies, mean and standard error).
 """
 from __future__ import annotations
 
@@ -52,15 +55,19 @@ SELECTORS = {  # name -> (embeddings, budget, label, draw, other-class distances
 }
 
 
-def select_sets(out: str, draws: range, sizes: list[str]) -> list[dict]:
-    """Every selector's set for every draw and size, in draw order."""
+def select_sets(out: str, draws: range, sizes: list[str],
+                selectors: list[str] | None = None) -> list[dict]:
+    """The set of every selector named in ``selectors`` (default: all) for every draw and
+    size, in draw order."""
+    chosen_selectors = checked_selectors(selectors)
     sets = []
     for draw in draws:
         store = InMemoryStore(os.path.join(out, "data", "train"), "webdataset",
                               "random_conv", draw, os.path.join(out, "selection-cache"))
         other = distances_to_other_classes(store, DopingConfig())
         for size in sizes:
-            for name, pick in SELECTORS.items():
+            for name in chosen_selectors:
+                pick = SELECTORS[name]
                 images, labels = [], []
                 for label, count in enumerate(store.class_sizes()):
                     chosen = pick(store.embeddings(label), BUDGETS[size](count), label, draw,
@@ -71,6 +78,15 @@ def select_sets(out: str, draws: range, sizes: list[str]) -> list[dict]:
                              "images": np.concatenate(images), "labels": np.array(labels)})
         print(f"draw {draw}: sets selected", flush=True)
     return sets
+
+
+def checked_selectors(names: list[str] | None) -> list[str]:
+    """``names`` in the study's order (all selectors when None); an unknown name exits."""
+    unknown = sorted(set(names or []) - set(SELECTORS))
+    if unknown:
+        raise SystemExit(f"unknown selector {unknown[0]!r}; choose among: "
+                         + "; ".join(SELECTORS))
+    return [name for name in SELECTORS if names is None or name in names]
 
 
 def saved_study(sets_path: str) -> tuple[list[int], list[str], list[str]]:
@@ -101,33 +117,39 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--first-draw", type=int, default=0)
     parser.add_argument("--sizes", default=",".join(BUDGETS))
+    parser.add_argument("--selector", action="append", default=None,
+                        help="a selector to study (repeatable; default: all of them)")
+    parser.add_argument("--study", default="selection-study",
+                        help="folder under OUT for the sets and trainings")
+    parser.add_argument("--results", default=OUT, help="where the summary json goes")
     parser.add_argument("--workers", type=int, default=None, help="training processes")
     parser.add_argument("--sets-only", action="store_true")
     args = parser.parse_args()
-    study = os.path.join(args.out, "selection-study")
+    study = os.path.join(args.out, args.study)
     os.makedirs(study, exist_ok=True)
     sets_path, results = os.path.join(study, "sets.npz"), os.path.join(study, "results.jsonl")
     draws = range(args.first_draw, args.first_draw + args.draws)
-    sizes = args.sizes.split(",")
+    sizes, selectors = args.sizes.split(","), checked_selectors(args.selector)
     if not os.path.exists(sets_path):
         test = read_dataset(os.path.join(args.out, "data", "test"), "webdataset")
-        save_sets(sets_path, select_sets(args.out, draws, sizes), test.images, test.labels,
-                  len(test.class_names))
-    elif saved_study(sets_path) != (list(draws), sorted(sizes), sorted(SELECTORS)):
+        save_sets(sets_path, select_sets(args.out, draws, sizes, selectors), test.images,
+                  test.labels, len(test.class_names))
+    elif saved_study(sets_path) != (list(draws), sorted(sizes), sorted(selectors)):
         raise SystemExit(f"{sets_path} holds a study of other draws, sizes or selectors than "
                          f"--first-draw {args.first_draw} --draws {args.draws} --sizes "
-                         f"{args.sizes!r} ask for; move {study} away to start this one.")
+                         f"{args.sizes!r} and --selector ask for; move {study} away or pass "
+                         "another --study to start this one.")
     if args.sets_only:
         print(f"wrote {sets_path}; train it with python -m benchmarks.set_training")
         return
     train_saved_sets(sets_path, results, ARCHS, args.workers)
     rows = summarise(read_results(results))
-    with open(OUT, "w") as f:
+    with open(args.results, "w") as f:
         json.dump({"draws": list(draws), "rows": rows}, f, indent=2)
     for row in rows:
         print(f"{row['size']:>7} {row['selector']:<32} " + " / ".join(
             f"{row[a]['mean']:.2f} ± {row[a]['stderr']:.2f}" for a in ARCHS))
-    print(f"wrote {OUT}")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

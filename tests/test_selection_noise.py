@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from benchmarks.selection_noise import SELECTORS, checked_selectors, select_sets
+
+
+def test_a_study_can_be_limited_to_some_selectors(digits_dir, tmp_path):
+    (tmp_path / "data").symlink_to(digits_dir)
+
+    sets = select_sets(str(tmp_path), range(2, 4), ["IPC 10"], ["random", "k-center"])
+
+    assert [(s["draw"], s["selector"]) for s in sets] == [
+        (2, "k-center"), (2, "random"), (3, "k-center"), (3, "random")]
+    for s in sets:
+        assert np.bincount(s["labels"]).tolist() == [10] * 10
+    # the draw seeds the random subset: two draws pick different images
+    assert not np.array_equal(sets[1]["images"], sets[3]["images"])
+
+
+def test_selector_names_are_checked_and_kept_in_the_study_order():
+    assert checked_selectors(None) == list(SELECTORS)
+    assert checked_selectors(["random", "k-center"]) == ["k-center", "random"]
+    with pytest.raises(SystemExit, match="unknown selector 'kcenter'"):
+        checked_selectors(["kcenter"])
