@@ -88,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="a finished quality-benchmark folder")
-    parser.add_argument("--size", required=True, help=f"one of {', '.join(SIZES)}")
+    # argparse %-formats help strings, and sizes such as "20%" carry a percent sign
+    sizes = ", ".join(SIZES).replace("%", "%%")
+    parser.add_argument("--size", required=True, help=f"one of {sizes}")
     parser.add_argument("overrides", nargs="+", help="job settings, as for `dsco run --set`")
     args = parser.parse_args()
     row = run_paired(args.out, args.size, args.overrides)
