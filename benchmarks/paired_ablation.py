@@ -21,7 +21,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from benchmarks.quality import ARCHS, SIZES, BenchSettings, Cell, evaluate_sets, build_sets
+from benchmarks.quality import ARCHS, SIZE_HELP, SIZES, BenchSettings, Cell, evaluate_sets, \
+    build_sets
 from pipeline.datasets import read_dataset
 from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
@@ -88,9 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="a finished quality-benchmark folder")
-    # argparse %-formats help strings, and sizes such as "20%" carry a percent sign
-    sizes = ", ".join(SIZES).replace("%", "%%")
-    parser.add_argument("--size", required=True, help=f"one of {sizes}")
+    parser.add_argument("--size", required=True, help=SIZE_HELP)
     parser.add_argument("overrides", nargs="+", help="job settings, as for `dsco run --set`")
     args = parser.parse_args()
     row = run_paired(args.out, args.size, args.overrides)

@@ -39,6 +39,8 @@ METHODS = {
     "k-center": REAL + ["doping.selector=kcenter"],
     "facility location": REAL + ["doping.selector=facility_location"],
 }
+# for a command's --size help: argparse %-formats help strings, and "20%" has a percent sign
+SIZE_HELP = "one of " + ", ".join(SIZES).replace("%", "%%")
 FULL = ["size.ipc=null", "size.fraction=1.0", *REAL, "doping.selector=random"]
 # Data-free is defined by a per-class image count; at a fraction of the data it is not.
 SKIP = {("DsCo data-free", "20%"), ("DsCo data-free", "50%")}

@@ -24,6 +24,7 @@ def test_quick_quality_benchmark_writes_results_table_and_plot(ray_local, tmp_pa
     assert (tmp_path / "accuracy_vs_size.png").read_bytes().startswith(b"\x89PNG")
     assert "| plain sampling |" in capsys.readouterr().out
     _check_paired_ablation(tmp_path, results)
+    _check_more_draws(tmp_path, results)
 
 
 def _check_paired_ablation(out, results):
@@ -51,6 +52,27 @@ def _check_paired_ablation(out, results):
         "IPC 10: ", "IPC 10: nopt.iterations=0 size.crossover_ipc=null"}
     with pytest.raises(SystemExit, match="no DsCo @ IPC 50 cell"):
         run_paired(str(out), "IPC 50", [], BenchSettings.quick(), str(saved), False)
+
+
+def _check_more_draws(out, results):
+    """Extra seeds of a table cell: seed 0 is the table's own set and training."""
+    from benchmarks.more_draws import run_more_draws
+    from benchmarks.quality import BenchSettings
+
+    saved = out / "more_draws.json"
+    table = results["cells"]["random real @ IPC 10"]
+    cell = run_more_draws(str(out), "random real", "IPC 10", [0, 1], BenchSettings.quick(),
+                          str(saved), False)
+    assert list(cell["draws"]) == ["0", "1"]
+    assert cell["draws"]["0"]["run_id"] == table["run_ids"][0] != cell["draws"]["1"]["run_id"]
+    for arch in ("convnet", "mlp"):
+        assert cell["draws"]["0"][arch] == table[arch]["accuracies"][0]
+        assert cell["summary"][arch]["draws"] == 2
+        assert cell["summary"][arch]["mean"] == pytest.approx(
+            (cell["draws"]["0"][arch] + cell["draws"]["1"][arch]) / 2)
+    assert json.loads(saved.read_text())["cells"]["random real @ IPC 10"] == cell
+    with pytest.raises(SystemExit, match="unknown method 'dsco'"):
+        run_more_draws(str(out), "dsco", "IPC 10", [0], BenchSettings.quick(), str(saved), False)
 
 
 def test_in_the_main_table_each_seed_trains_on_its_own_set():

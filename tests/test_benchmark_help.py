@@ -4,9 +4,9 @@ import importlib
 
 import pytest
 
-BENCHMARK_COMMANDS = ["benchmarks.paired_ablation", "benchmarks.selection_noise",
-                      "benchmarks.set_training", "benchmarks.nopt_throughput",
-                      "benchmarks.gpu_nopt"]
+BENCHMARK_COMMANDS = ["benchmarks.paired_ablation", "benchmarks.more_draws",
+                      "benchmarks.selection_noise", "benchmarks.set_training",
+                      "benchmarks.nopt_throughput", "benchmarks.gpu_nopt"]
 
 
 @pytest.mark.parametrize("module", BENCHMARK_COMMANDS)
