@@ -22,7 +22,7 @@ demo: install
 # The RADOS Gateway (real S3 server) is installed here and started/stopped by the tests.
 test: install
 	bash tests/s3/radosgw.sh install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 lint: install
 	$(BIN)/flake8 pipeline actors cluster tests benchmarks
