@@ -21,8 +21,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, SIZES, BenchSettings, Cell, \
-    build_sets, evaluate_sets
+from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, build_sets, \
+    check_size, evaluate_sets
 from pipeline.datasets import read_dataset
 from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
@@ -40,8 +40,7 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
     over every seed it holds."""
     if method not in METHODS:
         raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if size not in SIZES:
-        raise SystemExit(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    check_size(size)
     settings = settings or BenchSettings.full(ablations=False)
     recipe = TrainRecipe()
     saved = read_json(results_path) or {"cells": {}}

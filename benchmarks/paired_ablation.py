@@ -21,8 +21,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from benchmarks.quality import ARCHS, SIZE_HELP, SIZES, BenchSettings, Cell, evaluate_sets, \
-    build_sets
+from benchmarks.quality import ARCHS, SIZE_HELP, BenchSettings, Cell, build_sets, check_size, \
+    evaluate_sets
 from pipeline.datasets import read_dataset
 from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
@@ -55,8 +55,7 @@ def run_paired(out: str, size: str, overrides: list[str],
                progress: bool = True) -> dict:
     """Build, train and compare one variant under the benchmark ``settings`` OUT was run with
     (the full ones by default); returns its row, also saved in ``results_path``."""
-    if size not in SIZES:
-        raise SystemExit(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    check_size(size)
     settings = settings or BenchSettings.full(ablations=False)
     recipe, seeds = TrainRecipe(), list(settings.seeds)
     recipe_key = asdict(recipe)  # what a benchmark cell records of its recipe

@@ -39,8 +39,6 @@ METHODS = {
     "k-center": REAL + ["doping.selector=kcenter"],
     "facility location": REAL + ["doping.selector=facility_location"],
 }
-# for a command's --size help: argparse %-formats help strings, and "20%" has a percent sign
-SIZE_HELP = "one of " + ", ".join(SIZES).replace("%", "%%")
 FULL = ["size.ipc=null", "size.fraction=1.0", *REAL, "doping.selector=random"]
 # Data-free is defined by a per-class image count; at a fraction of the data it is not.
 SKIP = {("DsCo data-free", "20%"), ("DsCo data-free", "50%")}
@@ -70,6 +68,16 @@ ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "50%, core 10": ("50%", ["size.synthetic_cap=10"]),
     "50%, core 20": ("50%", ["size.synthetic_cap=20"]),
 }
+
+
+# for a command's --size help: argparse %-formats help strings, and "20%" has a percent sign
+SIZE_HELP = "one of " + ", ".join(SIZES).replace("%", "%%")
+
+
+def check_size(size: str) -> None:
+    """Exit with the sizes to choose from unless ``size`` is one of the benchmark's."""
+    if size not in SIZES:
+        raise SystemExit(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
 
 
 @dataclass(frozen=True)
