@@ -10,8 +10,9 @@ expectation can be read over many draws:
         --first-seed 10 --seeds 15
 
 Needs the data and prior of a quality-benchmark folder (``dsco bench quality`` makes them).
-Adds the seeds to the cell's entry in benchmarks/results/more_draws.json (resumable: a seed
-whose set has the same run_id and recipe is not retrained).
+Adds the seeds to the cell's entry in benchmarks/results/more_draws.json. Resumable: the built
+sets are the job's runs (reused by run_id), and a seed whose set has the same run_id and recipe
+in the json is not retrained.
 """
 from __future__ import annotations
 
@@ -52,16 +53,16 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
                  "draws": {}}
     jobs = build_sets(out, Cell(method, size, METHODS[method], tuple(seeds)),
                       settings.job_overrides, progress)
-    test = read_dataset(join(out, "data", "test"), "webdataset")
-    for seed, job in zip(seeds, jobs):
-        if entry["draws"].get(str(seed), {}).get("run_id") == job.run_id:
-            continue
-        images = [load_run_images(job.run_url)]
-        entry["draws"][str(seed)] = {"run_id": job.run_id, **{
-            arch: evaluate_sets(images, test, [seed], arch, 1, recipe)["accuracies"][0]
-            for arch in ARCHS}}
-        saved["cells"][key] = summarised(entry)
-        write_json(results_path, saved)  # after every seed: an interrupted run keeps them
+    new = [(seed, job) for seed, job in zip(seeds, jobs)
+           if entry["draws"].get(str(seed), {}).get("run_id") != job.run_id]
+    if new:  # the table's plan: all new sets of an architecture train in parallel, one seed each
+        test = read_dataset(join(out, "data", "test"), "webdataset")
+        sets = [load_run_images(job.run_url) for _, job in new]
+        accuracies = {arch: evaluate_sets(sets, test, [seed for seed, _ in new], arch, 1,
+                                          recipe)["accuracies"] for arch in ARCHS}
+        for i, (seed, job) in enumerate(new):
+            entry["draws"][str(seed)] = {"run_id": job.run_id,
+                                         **{arch: accuracies[arch][i] for arch in ARCHS}}
     saved["cells"][key] = summarised(entry)
     write_json(results_path, saved)
     return saved["cells"][key]
