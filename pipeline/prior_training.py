@@ -1,4 +1,5 @@
-"""Training the tiny class-conditional pixel UNet prior (DDPM) on a labelled dataset, on CPU."""
+"""Training the tiny class-conditional pixel UNet prior (DDPM) on a labelled dataset (CPU by
+default; a GPU where one is named)."""
 from __future__ import annotations
 
 import copy
@@ -41,14 +42,16 @@ def build_unet(image_size: int, channels: int, num_classes: int,
 
 
 def train_prior(data: LabelledImages, out_dir: str, cfg: PriorTrainingConfig,
-                progress: bool = True) -> str:
-    """Train a DDPM prior on ``data`` and save it to ``out_dir``; returns ``out_dir``."""
+                progress: bool = True, device: torch.device | str = "cpu") -> str:
+    """Train a DDPM prior on ``data`` on ``device`` and save it to ``out_dir``; returns
+    ``out_dir``. Batches, noise and timesteps are drawn on the CPU from the config's seed, so
+    a GPU sees the same draws (its arithmetic, not its randomness, differs)."""
     torch.manual_seed(derive_seed(cfg.seed, "prior"))
-    images = to_model_space(data.images)
-    labels = torch.from_numpy(data.labels)
+    images = to_model_space(data.images).to(device)
+    labels = torch.from_numpy(data.labels).to(device)
     num_classes = len(data.class_names)
     _, channels, size, _ = images.shape
-    unet = build_unet(size, channels, num_classes, cfg.channels)
+    unet = build_unet(size, channels, num_classes, cfg.channels).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = DDPMScheduler(num_train_timesteps=cfg.train_timesteps,
                               beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
@@ -58,11 +61,11 @@ def train_prior(data: LabelledImages, out_dir: str, cfg: PriorTrainingConfig,
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "prior-batches"))
     bar = tqdm(range(cfg.steps), desc="train prior", disable=not progress, mininterval=2)
     for _ in bar:
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen).to(device)
         x0, y = images[idx], labels[idx].clone()
-        y[torch.rand(len(y), generator=gen) < cfg.label_dropout] = num_classes
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(cfg.train_timesteps, (len(x0),), generator=gen)
+        y[(torch.rand(len(y), generator=gen) < cfg.label_dropout).to(device)] = num_classes
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(cfg.train_timesteps, (len(x0),), generator=gen).to(device)
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample,
                           noise)
         opt.zero_grad(set_to_none=True)
@@ -75,5 +78,5 @@ def train_prior(data: LabelledImages, out_dir: str, cfg: PriorTrainingConfig,
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     meta = PriorMeta(kind="pixel_unet", num_classes=num_classes, null_class=num_classes,
                      image_size=size, channels=channels, class_names=data.class_names)
-    save_prior(ema, dict(scheduler.config), meta, out_dir)
+    save_prior(ema.cpu(), dict(scheduler.config), meta, out_dir)
     return out_dir

@@ -6,7 +6,7 @@ import pytest
 
 BENCHMARK_COMMANDS = ["benchmarks.paired_ablation", "benchmarks.more_draws",
                       "benchmarks.selection_noise", "benchmarks.set_training",
-                      "benchmarks.nopt_throughput", "benchmarks.gpu_nopt"]
+                      "benchmarks.nopt_throughput", "benchmarks.gpu_nopt", "benchmarks.gpu_digits"]
 
 
 @pytest.mark.parametrize("module", BENCHMARK_COMMANDS)
