@@ -1,5 +1,6 @@
 """NOpt throughput and peak memory on one GPU for a DiT-XL/2-256-size model (random weights,
-built in code) and for the digits-size pixel UNet, under bf16 autocast with fp32 noise.
+built in code) under bf16 autocast and for the digits-size pixel UNet (fp32 since the
+thirteenth session; the committed result's row ran under bf16 autocast), with fp32 noise.
 
     python -m benchmarks.gpu_nopt [--out benchmarks/results/gpu_nopt.json] [--tiny]
 
@@ -167,7 +168,7 @@ def main() -> None:
         reset_peak(device)
     rows.append(measure(digits_unet_backend(device), "digits_pixel_unet", 100, 1.0, device))
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.machine(),
-              "dtype": "bf16 autocast, fp32 noise" if device == "cuda" else "fp32",
+              "dtype": "DiT bf16 autocast, fp32 noise" if device == "cuda" else "fp32",
               "torch": torch.__version__, "rows": rows, "memory_vs_steps": memory,
               "seconds": round(time.time() - started, 1)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

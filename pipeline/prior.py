@@ -50,10 +50,17 @@ class DiffusionBackend:
         """Shape of one decoded image (the latent shape for pixel-space models)."""
         return self.latent_shape
 
+    # whether the networks run under bf16 autocast on CUDA (never on CPU, where bf16 is slow)
+    mixed_precision: bool = True
+
+    def uses_bf16(self) -> bool:
+        """Whether the networks run under bf16 autocast: on CUDA, for mixed-precision backends."""
+        return self.mixed_precision and self.device.type == "cuda"
+
     def autocast(self):
-        """bf16 autocast for the networks on CUDA (the noise itself stays fp32); a no-op on
-        CPU, where bf16 is slow and the tiny models are cheap in fp32."""
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        """bf16 autocast for the networks where ``uses_bf16`` (the noise itself stays fp32); a
+        no-op otherwise."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.uses_bf16())
 
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
                       guidance: float) -> torch.Tensor:
@@ -68,6 +75,11 @@ class DiffusionBackend:
 
 class PixelUNetBackend(DiffusionBackend):
     """A diffusers ``UNet2DModel`` with class embeddings, sampling directly in pixel space."""
+
+    # The small pixel UNets `dsco train-prior` makes are launch-bound on a GPU, so bf16 only
+    # adds casts: on an H100 an IPC 10 digits set took 33 s in fp32 and 39 s under bf16
+    # autocast, with no better sets (benchmarks/results/gpu_digits.json).
+    mixed_precision = False
 
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, meta: PriorMeta,
                  device: torch.device | str = "cpu"):

@@ -5,6 +5,7 @@ import torch
 
 from pipeline.ddim import ddim_sample
 from pipeline.errors import DscoError
+from pipeline.latent_prior import LatentDiTBackend
 from pipeline.prior import PRIOR_META, load_prior
 from tests.conftest import make_tiny_prior
 
@@ -59,3 +60,15 @@ def test_ddim_gradients_reach_the_noise_and_checkpointing_changes_nothing(tiny_p
     assert grads[0].abs().sum() > 0
     assert torch.allclose(outs[0], outs[1], atol=1e-6)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_pixel_unet_runs_in_fp32_on_a_gpu_and_the_dit_in_bf16(tiny_prior):
+    """Autocast policy per backend (benchmarks/results/gpu_digits.json: the small pixel UNet
+    is faster in fp32 on an H100, the DiT in bf16); only ``uses_bf16`` reads the device."""
+    backend = load_prior(str(tiny_prior))
+    assert not backend.uses_bf16()  # CPU
+    backend.device = torch.device("cuda")
+    assert not backend.uses_bf16()
+    backend.mixed_precision = True
+    assert backend.uses_bf16()
+    assert LatentDiTBackend.mixed_precision
