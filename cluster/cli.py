@@ -95,7 +95,7 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 
     data = read_dataset(args.data, args.layout)
     cfg = PriorTrainingConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
-    train_prior(data, args.out, cfg, progress=not args.quiet)
+    train_prior(data, args.out, cfg, progress=not args.quiet, device=args.device)
     print(f"prior saved to {args.out}")
     return 0
 
@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("--out", required=True)
     prior.add_argument("--steps", type=int, help="training steps (default: the tuned default)")
     prior.add_argument("--seed", type=int, default=0)
+    prior.add_argument("--device", default="cpu",
+                       help="cpu (default) or cuda[:N]; on an H100 the digits prior trains in "
+                            "about 1.5 min, against about 5 min on 2 CPU cores")
     prior.set_defaults(func=_cmd_train_prior)
 
     bench_parser = sub.add_parser("bench", help="benchmarks")

@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
 from pipeline.datasets import LabelledImages
+from pipeline.errors import DscoError
 from pipeline.images import to_model_space
 from pipeline.prior import PriorMeta, save_prior
 from pipeline.seeding import derive_seed
@@ -41,11 +42,28 @@ def build_unet(image_size: int, channels: int, num_classes: int,
         attention_head_dim=8, num_class_embeds=num_classes + 1)
 
 
+def training_device(name: torch.device | str) -> torch.device:
+    """The torch device ``name`` names, refused with the fix when this torch cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DscoError(f"prior training device {name!r} is not a torch device; use cpu, cuda "
+                        "or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DscoError(f"prior training was asked to run on {name!r}, but this torch sees no "
+                        "CUDA GPU (a CPU-only build, or no GPU on this machine); train on "
+                        "--device cpu (a few minutes for digits on 2 cores) or on a GPU machine.")
+    if device.type not in ("cpu", "cuda"):
+        raise DscoError(f"prior training runs on cpu or cuda, not {name!r}.")
+    return device
+
+
 def train_prior(data: LabelledImages, out_dir: str, cfg: PriorTrainingConfig,
                 progress: bool = True, device: torch.device | str = "cpu") -> str:
     """Train a DDPM prior on ``data`` on ``device`` and save it to ``out_dir``; returns
     ``out_dir``. Batches, noise and timesteps are drawn on the CPU from the config's seed, so
     a GPU sees the same draws (its arithmetic, not its randomness, differs)."""
+    device = training_device(device)
     torch.manual_seed(derive_seed(cfg.seed, "prior"))
     images = to_model_space(data.images).to(device)
     labels = torch.from_numpy(data.labels).to(device)

@@ -42,6 +42,18 @@ def test_prepare_digits_and_train_prior_commands(tmp_path, capsys):
     assert "train 1437, test 360" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("device, message", [("cuda", "sees no CUDA GPU"),
+                                             ("gpu0", "is not a torch device"),
+                                             ("meta", "runs on cpu or cuda")])
+def test_train_prior_refuses_a_device_it_cannot_use(device, message, tmp_path, capsys,
+                                                    digits_dir, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["--quiet", "train-prior", "--data", str(digits_dir / "train"),
+                 "--out", str(tmp_path / "p"), "--steps", "2", "--device", device]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 @pytest.mark.ray
 def test_corrupt_input_shard_exits_2_naming_it(capsys, ray_local, digits_dir, tiny_prior,
                                                tmp_path):
