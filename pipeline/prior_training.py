@@ -53,6 +53,9 @@ def training_device(name: torch.device | str) -> torch.device:
         raise DscoError(f"prior training was asked to run on {name!r}, but this torch sees no "
                         "CUDA GPU (a CPU-only build, or no GPU on this machine); train on "
                         "--device cpu (a few minutes for digits on 2 cores) or on a GPU machine.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DscoError(f"prior training was asked to run on {name!r}, but this machine has "
+                        f"{torch.cuda.device_count()} CUDA GPU(s); name cuda:0 to cuda:N-1.")
     if device.type not in ("cpu", "cuda"):
         raise DscoError(f"prior training runs on cpu or cuda, not {name!r}.")
     return device

@@ -42,12 +42,14 @@ def test_prepare_digits_and_train_prior_commands(tmp_path, capsys):
     assert "train 1437, test 360" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("device, message", [("cuda", "sees no CUDA GPU"),
-                                             ("gpu0", "is not a torch device"),
-                                             ("meta", "runs on cpu or cuda")])
-def test_train_prior_refuses_a_device_it_cannot_use(device, message, tmp_path, capsys,
+@pytest.mark.parametrize("device, gpus, message", [("cuda", 0, "sees no CUDA GPU"),
+                                                   ("cuda:1", 1, "has 1 CUDA GPU(s)"),
+                                                   ("gpu0", 0, "is not a torch device"),
+                                                   ("meta", 0, "runs on cpu or cuda")])
+def test_train_prior_refuses_a_device_it_cannot_use(device, gpus, message, tmp_path, capsys,
                                                     digits_dir, monkeypatch):
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: gpus > 0)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: gpus)
     assert main(["--quiet", "train-prior", "--data", str(digits_dir / "train"),
                  "--out", str(tmp_path / "p"), "--steps", "2", "--device", device]) == 2
     assert message in capsys.readouterr().err
