@@ -70,8 +70,11 @@ def cpu_sets(folder: str, seeds: list[int], labels: np.ndarray) -> list[dict]:
     """Sets built elsewhere, ``*_s{seed}.npz`` holding ``images`` (class-major, IPC 10)."""
     sets = []
     for seed in seeds:
-        (path,) = glob.glob(os.path.join(folder, f"*_s{seed}.npz"))
-        with np.load(path) as data:
+        paths = glob.glob(os.path.join(folder, f"*_s{seed}.npz"))
+        if len(paths) != 1:
+            raise SystemExit(f"--cpu-sets {folder} needs exactly one *_s{seed}.npz for seed "
+                             f"{seed}; it has {len(paths)}.")
+        with np.load(paths[0]) as data:
             sets.append({"group": "cpu fp32 (reference)", "seed": seed,
                          "images": data["images"], "labels": labels})
     return sets
