@@ -40,6 +40,8 @@ class DiffusionBackend:
     meta: PriorMeta
     scheduler: DDIMScheduler
     device: torch.device
+    # whether the networks run under bf16 autocast on CUDA (never on CPU, where bf16 is slow)
+    mixed_precision: bool = True
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -49,9 +51,6 @@ class DiffusionBackend:
     def image_shape(self) -> tuple[int, int, int]:
         """Shape of one decoded image (the latent shape for pixel-space models)."""
         return self.latent_shape
-
-    # whether the networks run under bf16 autocast on CUDA (never on CPU, where bf16 is slow)
-    mixed_precision: bool = True
 
     def uses_bf16(self) -> bool:
         """Whether the networks run under bf16 autocast: on CUDA, for mixed-precision backends."""
