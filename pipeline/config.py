@@ -67,6 +67,9 @@ class NoptConfig:
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
     guidance: float = 1.0
     feature_map: str = "random_conv"  # phi: random_conv | pixels | latent | pretrained:<path>
+    # MMD^2 estimator of the loss: "biased" (V-statistic: each set's own pairs include i = j)
+    # or "unbiased" (each set's within-set term over distinct pairs only)
+    mmd_estimator: str = "biased"
     batch_size: int = 256  # real minibatch per iteration
     reference_multiplier: int = 8  # data-free: M = multiplier * N model samples per class
     checkpointing: bool = True
@@ -148,6 +151,7 @@ def check_feature_map(name: str, key: str, latent_allowed: bool = True) -> None:
 
 
 NOPT_INITS = ("inverted", "noise")
+MMD_ESTIMATORS = ("biased", "unbiased")
 SELECTORS = ("mmd", "facility_location", "herding", "kcenter", "random")
 PRIOR_KINDS = ("auto", "pixel_unet", "dit")
 ACCELERATORS = ("auto", "gpu", "cpu")
@@ -266,6 +270,8 @@ def validate(cfg: JobConfig) -> None:
     _require(nopt.iterations >= 0, f"nopt.iterations must be >= 0, got {nopt.iterations}.")
     _require(nopt.init in NOPT_INITS, f"nopt.init {nopt.init!r} is unknown; use one of "
              f"{list(NOPT_INITS)}.")
+    _require(nopt.mmd_estimator in MMD_ESTIMATORS, f"nopt.mmd_estimator "
+             f"{nopt.mmd_estimator!r} is unknown; use one of {list(MMD_ESTIMATORS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")
     _require(nopt.learning_rate > 0, f"nopt.learning_rate must be > 0, got "
              f"{nopt.learning_rate}.")

@@ -11,6 +11,9 @@ from pipeline.datasets import InputFile
 from pipeline.planning import may_dope
 
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
+# Settings added after outputs were made are left out of the run_id at the value that gives
+# the output those runs had without them, so those runs keep their ids and are not redone.
+LEGACY_VALUES = {("nopt", "mmd_estimator"): "biased"}
 
 
 def file_version(path: str) -> list:
@@ -38,6 +41,9 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     """Return a 16-hex-digit id; equal inputs give equal ids, whatever the output URL."""
     settings = cfg.to_dict()
     settings.pop("output")
+    for (section, key), legacy in LEGACY_VALUES.items():
+        if settings[section].get(key) == legacy:
+            settings[section].pop(key)
     # how work is spread over actors does not change what is written; the grouping does
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
     if not may_dope(cfg):  # a pure NOpt run: changing the doping settings reuses its output

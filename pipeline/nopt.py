@@ -32,11 +32,14 @@ class ClassResult:
     final_loss: float
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Biased MMD^2 between rows of x and y, Gaussian kernels at median-heuristic x {0.5,1,2}.
+def mmd2(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """MMD^2 between rows of x and y, Gaussian kernels at median-heuristic x {0.5,1,2}.
 
     The median is taken over all pairwise squared distances of the pooled set, detached, so
-    the bandwidth adapts to the block's scale but is not itself optimised.
+    the bandwidth adapts to the block's scale but is not itself optimised. ``unbiased``
+    averages each set's within-set kernel over its distinct pairs (i != j) instead of all N^2
+    (which weighs the pairs that push a set's points apart by (N - 1) / N); a set of one point
+    has no distinct pair and keeps the biased term, which has the same gradient.
     """
     both = torch.cat([x, y])
     d2 = torch.cdist(both, both).pow(2)
@@ -45,7 +48,17 @@ def mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     median = off_diag.median().clamp_min(1e-8) if n > 1 else torch.tensor(1.0)
     kernel = sum(torch.exp(-d2 / (s * median)) for s in BANDWIDTH_SCALES)
     nx = len(x)
-    return kernel[:nx, :nx].mean() + kernel[nx:, nx:].mean() - 2 * kernel[:nx, nx:].mean()
+    within = _within_set_mean(kernel[:nx, :nx], unbiased) + \
+        _within_set_mean(kernel[nx:, nx:], unbiased)
+    return within - 2 * kernel[:nx, nx:].mean()
+
+
+def _within_set_mean(kernel: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """Mean of a set's kernel matrix: over all pairs, or (unbiased) over distinct pairs."""
+    m = len(kernel)
+    if not unbiased or m < 2:
+        return kernel.mean()
+    return (kernel.sum() - kernel.diagonal().sum()) / (m * (m - 1))
 
 
 def shell_penalty(z: torch.Tensor) -> torch.Tensor:
@@ -137,6 +150,7 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     ref_blocks = {c: blocks_in_batches(features.draw(device=backend.device), refs[c])
                   for c in labels_order} if features.fixed else {}
     optimizer = torch.optim.Adam([z], lr=cfg.learning_rate)
+    unbiased = cfg.mmd_estimator == "unbiased"
     history: dict[int, list[float]] = {c: [] for c in labels_order}
     for it in range(cfg.iterations):
         fake = ddim_sample(backend, z, labels, cfg.ddim_steps, cfg.guidance,
@@ -150,7 +164,7 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
             else:
                 with torch.no_grad():
                     real_blocks = phi(refs[c][pick[:cfg.batch_size]])
-            match = sum(mmd2(f, r) for f, r in zip(phi(fake[slices[c]]), real_blocks))
+            match = sum(mmd2(f, r, unbiased) for f, r in zip(phi(fake[slices[c]]), real_blocks))
             loss = loss + match + cfg.prior_weight * shell_penalty(z[slices[c]])
             history[c].append(float(match.detach()))
         optimizer.zero_grad(set_to_none=True)
@@ -185,4 +199,6 @@ def final_match(images: torch.Tensor, reference: torch.Tensor, cfg: NoptConfig, 
     """MMD^2 of the final images against all of R_c under one fixed feature draw."""
     features = FeatureMap(cfg.feature_map, images.shape[1], encode=encode)
     phi = features.draw(seed, label, "final", device=images.device)
-    return float(sum(mmd2(f, r) for f, r in zip(phi(images), blocks_in_batches(phi, reference))))
+    unbiased = cfg.mmd_estimator == "unbiased"
+    return float(sum(mmd2(f, r, unbiased)
+                     for f, r in zip(phi(images), blocks_in_batches(phi, reference))))

@@ -34,6 +34,7 @@ def test_set_output_redirects_the_run():
     ("nopt.iterations=many", "'nopt.iterations' must be int"),
     ("nopt.iterations=-1", "nopt.iterations must be >= 0"),
     ("nopt.init=kmeans", "nopt.init 'kmeans' is unknown"),
+    ("nopt.mmd_estimator=u", "nopt.mmd_estimator 'u' is unknown"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
     ("doping.boundary_weight=.inf", "doping.boundary_weight must be a number >= 0"),
@@ -87,6 +88,14 @@ def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dope
     assert may_dope(load_config(None, [*BASE, *size])) \
         == dopes
     assert (run_id_with("mmd") != run_id_with("herding")) == dopes
+
+
+def test_the_biased_mmd_estimator_keeps_the_run_id_of_runs_made_before_the_setting():
+    cfg = load_config(None, [*BASE, "size.ipc=10"])
+    assert cfg.nopt.mmd_estimator == "biased"
+    assert run_id(cfg, [], []) == "deb7952979c9b8a6"  # this config's id before the setting
+    unbiased = load_config(None, [*BASE, "size.ipc=10", "nopt.mmd_estimator=unbiased"])
+    assert run_id(unbiased, [], []) != run_id(cfg, [], [])
 
 
 def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():

@@ -24,6 +24,30 @@ def test_mmd_is_zero_for_identical_sets_and_grows_with_shift():
     assert mmd2(x, x + 0.5) < mmd2(x, x + 3.0)
 
 
+def test_unbiased_mmd_averages_within_set_pairs_over_distinct_pairs_only():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=gen), torch.randn(9, 4, generator=gen) + 0.5
+    both = torch.cat([x, y])
+    d2 = torch.cdist(both, both).pow(2)
+    median = d2[~torch.eye(15, dtype=torch.bool)].median()
+    k = sum(torch.exp(-d2 / (s * median)) for s in (0.5, 1.0, 2.0))
+    kxx, kyy, cross = k[:6, :6], k[6:, 6:], k[:6, 6:].mean()
+    distinct = lambda m: (m.sum() - m.diagonal().sum()) / (len(m) * (len(m) - 1))  # noqa: E731
+    assert torch.isclose(mmd2(x, y), kxx.mean() + kyy.mean() - 2 * cross)
+    assert torch.isclose(mmd2(x, y, unbiased=True), distinct(kxx) + distinct(kyy) - 2 * cross)
+    # one point has no distinct pair: its set keeps the biased term
+    assert torch.equal(mmd2(x[:1], y[:1], unbiased=True), mmd2(x[:1], y[:1]))
+
+
+def test_the_unbiased_mmd_of_two_samples_of_one_distribution_is_near_zero_on_average():
+    gen = torch.Generator().manual_seed(1)
+    draws = [(torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen))
+             for _ in range(400)]
+    biased = torch.stack([mmd2(x, y) for x, y in draws]).mean()
+    unbiased = torch.stack([mmd2(x, y, unbiased=True) for x, y in draws]).mean()
+    assert unbiased.abs() < 0.1 * biased
+
+
 def test_shell_penalty_is_zero_on_the_shell():
     z = torch.randn(4, 1, 8, 8)
     on_shell = z / z.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 8.0  # ||z||^2 = d = 64
