@@ -74,6 +74,11 @@ class NoptConfig:
     reference_multiplier: int = 8  # data-free: M = multiplier * N model samples per class
     checkpointing: bool = True
 
+    @property
+    def unbiased_mmd(self) -> bool:
+        """Whether NOpt's loss uses the unbiased MMD^2 estimator."""
+        return self.mmd_estimator == "unbiased"
+
 
 @dataclass
 class DopingConfig:

@@ -150,7 +150,6 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     ref_blocks = {c: blocks_in_batches(features.draw(device=backend.device), refs[c])
                   for c in labels_order} if features.fixed else {}
     optimizer = torch.optim.Adam([z], lr=cfg.learning_rate)
-    unbiased = cfg.mmd_estimator == "unbiased"
     history: dict[int, list[float]] = {c: [] for c in labels_order}
     for it in range(cfg.iterations):
         fake = ddim_sample(backend, z, labels, cfg.ddim_steps, cfg.guidance,
@@ -164,7 +163,8 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
             else:
                 with torch.no_grad():
                     real_blocks = phi(refs[c][pick[:cfg.batch_size]])
-            match = sum(mmd2(f, r, unbiased) for f, r in zip(phi(fake[slices[c]]), real_blocks))
+            match = sum(mmd2(f, r, cfg.unbiased_mmd)
+                        for f, r in zip(phi(fake[slices[c]]), real_blocks))
             loss = loss + match + cfg.prior_weight * shell_penalty(z[slices[c]])
             history[c].append(float(match.detach()))
         optimizer.zero_grad(set_to_none=True)
@@ -199,6 +199,5 @@ def final_match(images: torch.Tensor, reference: torch.Tensor, cfg: NoptConfig, 
     """MMD^2 of the final images against all of R_c under one fixed feature draw."""
     features = FeatureMap(cfg.feature_map, images.shape[1], encode=encode)
     phi = features.draw(seed, label, "final", device=images.device)
-    unbiased = cfg.mmd_estimator == "unbiased"
-    return float(sum(mmd2(f, r, unbiased)
+    return float(sum(mmd2(f, r, cfg.unbiased_mmd)
                      for f, r in zip(phi(images), blocks_in_batches(phi, reference))))
