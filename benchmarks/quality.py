@@ -51,7 +51,7 @@ ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "lambda=0": ("IPC 10", ["nopt.prior_weight=0"]),
     "lambda=0.5": ("IPC 10", ["nopt.prior_weight=0.5"]),
     "phi=pixels": ("IPC 10", ["nopt.feature_map=pixels"]),
-    "mmd=unbiased": ("IPC 10", ["nopt.mmd_estimator=unbiased"]),
+    "mmd=biased": ("IPC 10", ["nopt.mmd_estimator=biased"]),
     "init=noise": ("IPC 10", ["nopt.init=noise"]),
     "IPC 1, init=noise": ("IPC 1", ["nopt.init=noise"]),
     "IPC 50, core 10 + mmd": ("IPC 50", ["size.synthetic_cap=10"]),

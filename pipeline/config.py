@@ -69,7 +69,7 @@ class NoptConfig:
     feature_map: str = "random_conv"  # phi: random_conv | pixels | latent | pretrained:<path>
     # MMD^2 estimator of the loss: "biased" (V-statistic: each set's own pairs include i = j)
     # or "unbiased" (each set's within-set term over distinct pairs only)
-    mmd_estimator: str = "biased"
+    mmd_estimator: str = "unbiased"
     batch_size: int = 256  # real minibatch per iteration
     reference_multiplier: int = 8  # data-free: M = multiplier * N model samples per class
     checkpointing: bool = True

@@ -91,11 +91,11 @@ def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dope
 
 
 def test_the_biased_mmd_estimator_keeps_the_run_id_of_runs_made_before_the_setting():
-    cfg = load_config(None, [*BASE, "size.ipc=10"])
-    assert cfg.nopt.mmd_estimator == "biased"
+    cfg = load_config(None, [*BASE, "size.ipc=10", "nopt.mmd_estimator=biased"])
     assert run_id(cfg, [], []) == "deb7952979c9b8a6"  # this config's id before the setting
-    unbiased = load_config(None, [*BASE, "size.ipc=10", "nopt.mmd_estimator=unbiased"])
-    assert run_id(unbiased, [], []) != run_id(cfg, [], [])
+    default = load_config(None, [*BASE, "size.ipc=10"])
+    assert default.nopt.mmd_estimator == "unbiased"
+    assert run_id(default, [], []) != run_id(cfg, [], [])
 
 
 def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():
