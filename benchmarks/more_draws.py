@@ -12,18 +12,21 @@ expectation can be read over many draws:
 Needs the data and prior of a quality-benchmark folder (``dsco bench quality`` makes them).
 Adds the seeds to the cell's entry in benchmarks/results/more_draws.json. Resumable: the built
 sets are the job's runs (reused by run_id), and a seed whose set has the same run_id and recipe
-in the json is not retrained.
+in the json is not retrained. An entry made under another recipe or job config (a default
+changed since) is started afresh, so one entry never mixes draws of two configs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import asdict
 
 import numpy as np
 
 from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, build_sets, \
-    check_size, evaluate_sets
+    check_size, evaluate_sets, job_config
+from pipeline.config import JobConfig
 from pipeline.datasets import read_dataset
 from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
@@ -46,13 +49,12 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
     recipe = TrainRecipe()
     saved = read_json(results_path) or {"cells": {}}
     key = f"{method} @ {size}"
+    cell = Cell(method, size, METHODS[method], tuple(seeds))
+    config = draw_config(job_config(out, cell, settings.job_overrides, seeds[0]))
     entry = saved["cells"].get(key)
-    if entry is None or entry["recipe"] != asdict(recipe) \
-            or entry["job_overrides"] != list(settings.job_overrides):
-        entry = {"recipe": asdict(recipe), "job_overrides": list(settings.job_overrides),
-                 "draws": {}}
-    jobs = build_sets(out, Cell(method, size, METHODS[method], tuple(seeds)),
-                      settings.job_overrides, progress)
+    if entry is None or entry["recipe"] != asdict(recipe) or entry.get("job_config") != config:
+        entry = {"recipe": asdict(recipe), "job_config": config, "draws": {}}
+    jobs = build_sets(out, cell, settings.job_overrides, progress)
     new = [(seed, job) for seed, job in zip(seeds, jobs)
            if entry["draws"].get(str(seed), {}).get("run_id") != job.run_id]
     if new:  # the table's plan: all new sets of an architecture train in parallel, one seed each
@@ -66,6 +68,15 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
     saved["cells"][key] = summarised(entry)
     write_json(results_path, saved)
     return saved["cells"][key]
+
+
+def draw_config(cfg: JobConfig) -> dict:
+    """What the draws of one entry must share: the job's config but for its seed and output.
+    Draws made under another config (a changed default, say) are dropped, never mixed in."""
+    settings = cfg.to_dict()
+    settings.pop("seed")
+    settings.pop("output")
+    return json.loads(json.dumps(settings))  # the form it has when read back from the json
 
 
 def summarised(entry: dict) -> dict:

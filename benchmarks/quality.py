@@ -17,7 +17,7 @@ import numpy as np
 from benchmarks.parallel_training import train_and_test
 from cluster.demo import ensure_prior
 from cluster.driver import run_job
-from pipeline.config import load_config
+from pipeline.config import JobConfig, load_config
 from pipeline.datasets import read_dataset
 from pipeline.digits import prepare_digits
 from pipeline.evaluation import TrainRecipe
@@ -178,14 +178,19 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     return results
 
 
+def job_config(out: str, cell: Cell, job_overrides: tuple[str, ...], set_seed: int) -> JobConfig:
+    """The concentration job's config for the set of ``cell`` built with job seed ``set_seed``."""
+    return load_config(None, [
+        f"output={join(out, 'runs')}", f"input.url={join(out, 'data', 'train')}",
+        f"model.path={os.path.join(out, 'prior')}", f"seed={set_seed}",
+        *SIZES.get(cell.size, []), *cell.overrides, *job_overrides])
+
+
 def build_sets(out: str, cell: Cell, job_overrides: tuple[str, ...], progress: bool = True) -> list:
     """Run the concentration job once per set seed of ``cell`` (outputs under OUT/runs, reused
     when a run with the same run_id is complete); returns the jobs' results in seed order."""
-    return [run_job(load_config(None, [
-        f"output={join(out, 'runs')}", f"input.url={join(out, 'data', 'train')}",
-        f"model.path={os.path.join(out, 'prior')}", f"seed={set_seed}",
-        *SIZES.get(cell.size, []), *cell.overrides, *job_overrides]),
-        progress=progress) for set_seed in cell.set_seeds]
+    return [run_job(job_config(out, cell, job_overrides, set_seed), progress=progress)
+            for set_seed in cell.set_seeds]
 
 
 TRAINING_SEED_STRIDE = 1000  # training round k of the set with seed s uses seed s + 1000 k

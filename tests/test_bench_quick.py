@@ -71,6 +71,14 @@ def _check_more_draws(out, results):
         assert cell["summary"][arch]["mean"] == pytest.approx(
             (cell["draws"]["0"][arch] + cell["draws"]["1"][arch]) / 2)
     assert json.loads(saved.read_text())["cells"]["random real @ IPC 10"] == cell
+    # draws made under another job config (here: as if a default had changed since) are dropped
+    stale = json.loads(saved.read_text())
+    stale["cells"]["random real @ IPC 10"]["job_config"]["nopt"]["iterations"] += 1
+    saved.write_text(json.dumps(stale))
+    fresh = run_more_draws(str(out), "random real", "IPC 10", [1], BenchSettings.quick(),
+                           str(saved), False)
+    assert list(fresh["draws"]) == ["1"] and fresh["draws"]["1"] == cell["draws"]["1"]
+    assert fresh["job_config"] == cell["job_config"]
     with pytest.raises(SystemExit, match="unknown method 'dsco'"):
         run_more_draws(str(out), "dsco", "IPC 10", [0], BenchSettings.quick(), str(saved), False)
 
