@@ -102,9 +102,8 @@ class EmbedBatch:
     def __init__(self, name: str, channels: int, seed: int, scales: list[float],
                  shards: list[str]):
         self.device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        self.encoder = FixedEncoder(name, channels, seed)
+        self.encoder = FixedEncoder(name, channels, seed).to(self.device)
         self.encoder.scales = scales
-        self.encoder.feature = _to_device(self.encoder.feature, self.device)
         self.shards = shards
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -122,7 +121,3 @@ class EmbedBatch:
 
     def _shard_of(self, url: str) -> str:
         return next(s for s in self.shards if url.endswith("/" + s) or url == s)
-
-
-def _to_device(feature, device: str):
-    return feature.to(device) if isinstance(feature, torch.nn.Module) else feature

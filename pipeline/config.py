@@ -62,6 +62,10 @@ class NoptConfig:
     # the noise NOpt starts from: "inverted" (DDIM inversions of the class's most representative
     # reference images, by kernel herding) or "noise" (seeded Gaussian); T = 0 always uses noise
     init: str = "inverted"
+    # where kernel herding picks the inverted start's references: "latent" (the model's
+    # latent; pixels for a pixel prior) or "random_conv" (psi: a fixed random ConvNet, its
+    # blocks scaled to unit RMS on the class's reference)
+    init_space: str = "latent"
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
@@ -156,6 +160,7 @@ def check_feature_map(name: str, key: str, latent_allowed: bool = True) -> None:
 
 
 NOPT_INITS = ("inverted", "noise")
+INIT_SPACES = ("latent", "random_conv")
 MMD_ESTIMATORS = ("biased", "unbiased")
 SELECTORS = ("mmd", "facility_location", "herding", "kcenter", "random")
 PRIOR_KINDS = ("auto", "pixel_unet", "dit")
@@ -275,6 +280,8 @@ def validate(cfg: JobConfig) -> None:
     _require(nopt.iterations >= 0, f"nopt.iterations must be >= 0, got {nopt.iterations}.")
     _require(nopt.init in NOPT_INITS, f"nopt.init {nopt.init!r} is unknown; use one of "
              f"{list(NOPT_INITS)}.")
+    _require(nopt.init_space in INIT_SPACES, f"nopt.init_space {nopt.init_space!r} is "
+             f"unknown; use one of {list(INIT_SPACES)}.")
     _require(nopt.mmd_estimator in MMD_ESTIMATORS, f"nopt.mmd_estimator "
              f"{nopt.mmd_estimator!r} is unknown; use one of {list(MMD_ESTIMATORS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")

@@ -100,19 +100,27 @@ class FixedEncoder:
         self.feature = FeatureMap(name, in_channels).draw("encoder", seed)
         self.scales: list[float] | None = None
 
-    @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> "FixedEncoder":
+    def to(self, device: torch.device | str) -> "FixedEncoder":
+        """Run psi on ``device`` (its weights were drawn on the CPU, so they are the same)."""
+        if isinstance(self.feature, nn.Module):
+            self.feature = self.feature.to(device)
+        return self
+
+    def fit(self, images: torch.Tensor, batch: int = 4096) -> "FixedEncoder":
         """Set each block's scale from ``images`` (the real data), so psi is fixed afterwards."""
-        blocks = self.feature(images)
+        blocks = blocks_in_batches(self.feature, images, batch)
         self.scales = [float(b.pow(2).sum(1).mean().sqrt().clamp_min(1e-8)) for b in blocks]
         return self
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: int = 4096) -> torch.Tensor:
         if self.scales is None:
             raise RuntimeError("FixedEncoder.fit must run before encoding")
-        parts = []
-        for start in range(0, len(images), batch):
-            blocks = self.feature(images[start:start + batch])
-            parts.append(torch.cat([b / s for b, s in zip(blocks, self.scales)], 1))
-        return torch.cat(parts).float()
+        blocks = blocks_in_batches(self.feature, images, batch)
+        return torch.cat([b / s for b, s in zip(blocks, self.scales)], 1).float()
+
+
+@torch.no_grad()
+def blocks_in_batches(phi, images: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
+    """phi over ``images`` a batch at a time, blocks concatenated."""
+    parts = [phi(images[s:s + batch]) for s in range(0, len(images), batch)]
+    return [torch.cat(block) for block in zip(*parts)]

@@ -13,7 +13,7 @@ from pipeline.planning import may_dope
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
 # Settings added after outputs were made are left out of the run_id at the value that gives
 # the output those runs had without them, so those runs keep their ids and are not redone.
-LEGACY_VALUES = {("nopt", "mmd_estimator"): "biased"}
+LEGACY_VALUES = {("nopt", "mmd_estimator"): "biased", ("nopt", "init_space"): "latent"}
 
 
 def file_version(path: str) -> list:

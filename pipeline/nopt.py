@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from pipeline.config import NoptConfig
 from pipeline.ddim import ddim_invert, ddim_sample
-from pipeline.features import FeatureMap
+from pipeline.features import FeatureMap, FixedEncoder, blocks_in_batches
 from pipeline.kernels import BANDWIDTH_SCALES, mmd_herding
 from pipeline.prior import DiffusionBackend
 from pipeline.seeding import generator
@@ -83,22 +84,36 @@ def starting_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
     ``condition``).
 
     ``noise`` (and any run with T = 0, plain sampling): seeded Gaussian noise. ``inverted``:
-    kernel herding (the mmd selector, in the model's latent space) picks the ``count`` reference
-    images that best match the reference's distribution, and their DDIM inversions are the
-    start, so NOpt refines a representative set instead of a random draw; samples past the
-    reference's size keep Gaussian noise. The reference is encoded ``batch`` images at a time
-    (a latent model's VAE encoder holds large activations at 256 px).
+    kernel herding (the mmd selector) picks the ``count`` reference images that best match the
+    reference's distribution, in the space ``cfg.init_space`` names, and their DDIM inversions
+    are the start, so NOpt refines a representative set instead of a random draw; samples past
+    the reference's size keep Gaussian noise. Images are encoded ``batch`` at a time (a latent
+    model's VAE encoder holds large activations at 256 px).
     """
     z = initial_noise(backend, seed, label, count)
     if cfg.init == "noise" or cfg.iterations == 0 or len(reference) == 0:
         return z
-    latents = torch.cat([backend.encode(reference[s:s + batch].to(backend.device))
-                         for s in range(0, len(reference), batch)])
-    flat = latents.flatten(1).cpu().numpy()
-    picks = mmd_herding(flat, flat[:0], count, seed, label)
+    latents = _encode(backend, reference, batch) if cfg.init_space == "latent" else None
+    rows = (latents.flatten(1) if latents is not None else
+            _random_conv_rows(reference, seed, batch)).cpu().numpy()
+    picks = mmd_herding(rows, rows[:0], count, seed, label)
+    chosen = latents[picks] if latents is not None else \
+        _encode(backend, reference[picks], batch)
     labels = torch.full((len(picks),), condition, dtype=torch.long, device=backend.device)
-    z[:len(picks)] = ddim_invert(backend, latents[picks], labels, cfg.ddim_steps)
+    z[:len(picks)] = ddim_invert(backend, chosen, labels, cfg.ddim_steps)
     return z
+
+
+def _encode(backend: DiffusionBackend, images: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([backend.encode(images[s:s + batch].to(backend.device))
+                      for s in range(0, len(images), batch)])
+
+
+def _random_conv_rows(images: torch.Tensor, seed: int, batch: int) -> torch.Tensor:
+    """psi for the start's herding: the job seed's random ConvNet, blocks at unit RMS on
+    ``images`` (the class's reference) and concatenated, as the doping encoder does."""
+    psi = FixedEncoder("random_conv", images.shape[1], seed).to(images.device)
+    return psi.fit(images, batch)(images, batch)
 
 
 @torch.no_grad()
@@ -176,13 +191,6 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     return [ClassResult(c, images[slices[c]], history[c],
                         final_match(images[slices[c]], refs[c], cfg, seed, c, backend.encode))
             for c in labels_order]
-
-
-@torch.no_grad()
-def blocks_in_batches(phi, images: torch.Tensor, batch: int = 256) -> list[torch.Tensor]:
-    """phi over ``images`` a batch at a time, blocks concatenated."""
-    parts = [phi(images[s:s + batch]) for s in range(0, len(images), batch)]
-    return [torch.cat(block) for block in zip(*parts)]
 
 
 def _class_slices(labels_order: list[int], counts: dict[int, int]) -> dict[int, slice]:

@@ -34,6 +34,7 @@ def test_set_output_redirects_the_run():
     ("nopt.iterations=many", "'nopt.iterations' must be int"),
     ("nopt.iterations=-1", "nopt.iterations must be >= 0"),
     ("nopt.init=kmeans", "nopt.init 'kmeans' is unknown"),
+    ("nopt.init_space=pixels", "nopt.init_space 'pixels' is unknown"),
     ("nopt.mmd_estimator=u", "nopt.mmd_estimator 'u' is unknown"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
@@ -96,6 +97,16 @@ def test_the_biased_mmd_estimator_keeps_the_run_id_of_runs_made_before_the_setti
     default = load_config(None, [*BASE, "size.ipc=10"])
     assert default.nopt.mmd_estimator == "unbiased"
     assert run_id(default, [], []) != run_id(cfg, [], [])
+
+
+def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting():
+    def run_id_with(*overrides):
+        return run_id(load_config(None, [*BASE, "size.ipc=10", *overrides]), [], [])
+
+    before = run_id_with("nopt.mmd_estimator=biased")
+    assert before == "deb7952979c9b8a6"  # as in the test above: the id before both settings
+    assert run_id_with("nopt.mmd_estimator=biased", "nopt.init_space=latent") == before
+    assert run_id_with("nopt.init_space=random_conv") != run_id_with("nopt.init_space=latent")
 
 
 def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():

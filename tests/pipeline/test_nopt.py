@@ -4,6 +4,7 @@ from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
 from pipeline.images import to_model_space
 from pipeline.ddim import ddim_invert, ddim_sample
+from pipeline.features import FixedEncoder
 from pipeline.kernels import mmd_herding
 from pipeline.nopt import (data_free_reference, initial_noise, mmd2, optimize_classes,
                            sample_images, shell_penalty, starting_noise)
@@ -136,7 +137,7 @@ def test_ddim_inversion_undoes_sampling(tiny_prior):
 def test_inverted_start_inverts_the_herded_references(tiny_prior):
     backend = load_prior(str(tiny_prior))
     reference = _reference(2, n=6)
-    cfg = NoptConfig(ddim_steps=2)
+    cfg = NoptConfig(ddim_steps=2, init_space="latent")
     start = starting_noise(backend, 1, 2, 8, reference, cfg, condition=2)
     flat = reference.flatten(1).numpy()
     picks = mmd_herding(flat, flat[:0], 8, 1, 2)
@@ -148,3 +149,19 @@ def test_inverted_start_inverts_the_herded_references(tiny_prior):
     assert not torch.allclose(start[:6], noise[:6])
     for plain in (NoptConfig(ddim_steps=2, init="noise"), NoptConfig(ddim_steps=2, iterations=0)):
         assert torch.equal(starting_noise(backend, 1, 2, 8, reference, plain, 2), noise)
+
+
+def test_the_random_conv_start_herds_in_psi_space(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    reference = _reference(3, n=30)
+    labels = torch.full((4,), 3)
+
+    def picks_in(rows):
+        return mmd_herding(rows, rows[:0], 4, 1, 3)
+
+    psi = FixedEncoder("random_conv", 1, 1).fit(reference)
+    picks = picks_in(psi(reference).numpy())
+    assert picks != picks_in(reference.flatten(1).numpy())  # the two spaces pick apart here
+    start = starting_noise(backend, 1, 3, 4, reference, NoptConfig(ddim_steps=2,
+                           init_space="random_conv"), condition=3)
+    assert torch.allclose(start, ddim_invert(backend, reference[picks], labels, 2))
