@@ -8,7 +8,7 @@ import os
 
 from pipeline.config import JobConfig
 from pipeline.datasets import InputFile
-from pipeline.planning import may_dope
+from pipeline.planning import may_dope, may_optimize
 
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
 # Settings added after outputs were made are left out of the run_id at the value that gives
@@ -44,6 +44,10 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     for (section, key), legacy in LEGACY_VALUES.items():
         if settings[section].get(key) == legacy:
             settings[section].pop(key)
+    # added after runs were made: kept out where it cannot change the output, so those runs
+    # keep their ids whatever its default
+    if cfg.nopt.init == "noise" or not may_optimize(cfg):
+        settings["nopt"].pop("init_space", None)
     # how work is spread over actors does not change what is written; the grouping does
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
     if not may_dope(cfg):  # a pure NOpt run: changing the doping settings reuses its output

@@ -106,7 +106,24 @@ def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting(
     before = run_id_with("nopt.mmd_estimator=biased")
     assert before == "deb7952979c9b8a6"  # as in the test above: the id before both settings
     assert run_id_with("nopt.mmd_estimator=biased", "nopt.init_space=latent") == before
-    assert run_id_with("nopt.init_space=random_conv") != run_id_with("nopt.init_space=latent")
+
+
+@pytest.mark.parametrize("overrides, matters", [
+    (["size.ipc=10"], True),
+    (["size.ipc=10", "nopt.data_free=true"], True),  # herds the model's own samples
+    (["size.ipc=null", "size.fraction=0.2"], True),  # depends on class sizes: assume so
+    (["size.ipc=10", "nopt.iterations=0"], False),  # plain sampling starts from noise
+    (["size.ipc=10", "nopt.init=noise"], False),
+    (["size.ipc=10", "size.doping_fraction=1.0"], False),  # all real
+    (["size.ipc=50"], False),  # over the crossover: real only
+])
+def test_the_init_space_is_in_the_run_id_only_where_it_can_change_the_output(overrides,
+                                                                             matters):
+    def run_id_with(space):
+        return run_id(load_config(None, [*BASE, *overrides, f"nopt.init_space={space}"]), [],
+                      [])
+
+    assert (run_id_with("random_conv") != run_id_with("latent")) == matters
 
 
 def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():
