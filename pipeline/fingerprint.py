@@ -8,7 +8,7 @@ import os
 
 from pipeline.config import JobConfig
 from pipeline.datasets import InputFile
-from pipeline.planning import may_dope, may_optimize
+from pipeline.planning import may_dope
 
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
 # Settings added after outputs were made are left out of the run_id at the value that gives
@@ -44,9 +44,10 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     for (section, key), legacy in LEGACY_VALUES.items():
         if settings[section].get(key) == legacy:
             settings[section].pop(key)
-    # added after runs were made: kept out where it cannot change the output, so those runs
-    # keep their ids whatever its default
-    if cfg.nopt.init == "noise" or not may_optimize(cfg):
+    # added after runs were made: kept out where no sample starts from herded references.
+    # (An all-real budget still is not such a case: a class smaller than its budget gets
+    # synthetic samples to fill it, and the run_id cannot see class sizes.)
+    if cfg.nopt.init == "noise" or cfg.nopt.iterations == 0:
         settings["nopt"].pop("init_space", None)
     # how work is spread over actors does not change what is written; the grouping does
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}

@@ -83,17 +83,6 @@ def may_dope(cfg: JobConfig) -> bool:
     return class_budgets(cfg, [cfg.size.ipc])[0].real > 0  # a class with enough samples
 
 
-def may_optimize(cfg: JobConfig) -> bool:
-    """False when no class can get a synthetic sample that NOpt optimises, so NOpt's settings
-    cannot change the output: T = 0 (plain sampling), or an IPC budget the planner keeps all
-    real. True when unsure (fraction budgets depend on the class sizes)."""
-    if cfg.nopt.iterations == 0:
-        return False
-    if cfg.size.ipc is None:
-        return True
-    return class_budgets(cfg, [cfg.size.ipc])[0].synthetic > 0
-
-
 def make_plan(cfg: JobConfig, class_sizes: list[int]) -> Plan:
     """Group classes into work units and give each unit its range of shard numbers."""
     if not class_sizes:

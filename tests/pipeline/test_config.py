@@ -114,8 +114,9 @@ def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting(
     (["size.ipc=null", "size.fraction=0.2"], True),  # depends on class sizes: assume so
     (["size.ipc=10", "nopt.iterations=0"], False),  # plain sampling starts from noise
     (["size.ipc=10", "nopt.init=noise"], False),
-    (["size.ipc=10", "size.doping_fraction=1.0"], False),  # all real
-    (["size.ipc=50"], False),  # over the crossover: real only
+    # all real by the plan, but a class smaller than its budget is filled with synthetic
+    (["size.ipc=10", "size.doping_fraction=1.0"], True),
+    (["size.ipc=50"], True),
 ])
 def test_the_init_space_is_in_the_run_id_only_where_it_can_change_the_output(overrides,
                                                                              matters):
