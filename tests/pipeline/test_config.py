@@ -111,6 +111,7 @@ def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting(
 @pytest.mark.parametrize("overrides, matters", [
     (["size.ipc=10"], True),
     (["size.ipc=10", "nopt.data_free=true"], True),  # herds the model's own samples
+    (["size.ipc=50", "nopt.data_free=true"], True),  # over the crossover, yet all synthetic
     (["size.ipc=null", "size.fraction=0.2"], True),  # depends on class sizes: assume so
     (["size.ipc=10", "nopt.iterations=0"], False),  # plain sampling starts from noise
     (["size.ipc=10", "nopt.init=noise"], False),
