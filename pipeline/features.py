@@ -108,14 +108,24 @@ class FixedEncoder:
 
     def fit(self, images: torch.Tensor, batch: int = 4096) -> "FixedEncoder":
         """Set each block's scale from ``images`` (the real data), so psi is fixed afterwards."""
-        blocks = blocks_in_batches(self.feature, images, batch)
-        self.scales = [float(b.pow(2).sum(1).mean().sqrt().clamp_min(1e-8)) for b in blocks]
+        self._set_scales(blocks_in_batches(self.feature, images, batch))
         return self
+
+    def fit_embed(self, images: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+        """``fit`` on ``images`` and return their embeddings, from one pass of psi."""
+        blocks = blocks_in_batches(self.feature, images, batch)
+        self._set_scales(blocks)
+        return self._scaled(blocks)
 
     def __call__(self, images: torch.Tensor, batch: int = 4096) -> torch.Tensor:
         if self.scales is None:
             raise RuntimeError("FixedEncoder.fit must run before encoding")
-        blocks = blocks_in_batches(self.feature, images, batch)
+        return self._scaled(blocks_in_batches(self.feature, images, batch))
+
+    def _set_scales(self, blocks: list[torch.Tensor]) -> None:
+        self.scales = [float(b.pow(2).sum(1).mean().sqrt().clamp_min(1e-8)) for b in blocks]
+
+    def _scaled(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([b / s for b, s in zip(blocks, self.scales)], 1).float()
 
 

@@ -92,12 +92,14 @@ def starting_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
     z = initial_noise(backend, seed, label, count)
     if cfg.init == "noise" or cfg.iterations == 0 or len(reference) == 0:
         return z
-    latents = _encode(backend, reference, batch) if cfg.init_space == "latent" else None
-    rows = (latents.flatten(1) if latents is not None else
-            _random_conv_rows(reference, seed, batch)).cpu().numpy()
-    picks = mmd_herding(rows, rows[:0], count, seed, label)
-    chosen = latents[picks] if latents is not None else \
-        _encode(backend, reference[picks], batch)
+    if cfg.init_space == "latent":
+        latents = _encode(backend, reference, batch)
+        picks = _herd(latents.flatten(1), count, seed, label)
+        chosen = latents[picks]
+    else:  # herd in psi, then encode only the picks
+        psi = FixedEncoder("random_conv", reference.shape[1], seed).to(reference.device)
+        picks = _herd(psi.fit_embed(reference, batch), count, seed, label)
+        chosen = _encode(backend, reference[picks], batch)
     labels = torch.full((len(picks),), condition, dtype=torch.long, device=backend.device)
     z[:len(picks)] = ddim_invert(backend, chosen, labels, cfg.ddim_steps)
     return z
@@ -108,11 +110,10 @@ def _encode(backend: DiffusionBackend, images: torch.Tensor, batch: int) -> torc
                       for s in range(0, len(images), batch)])
 
 
-def _random_conv_rows(images: torch.Tensor, seed: int, batch: int) -> torch.Tensor:
-    """psi for the start's herding: the job seed's random ConvNet, blocks at unit RMS on
-    ``images`` (the class's reference) and concatenated, as the doping encoder does."""
-    psi = FixedEncoder("random_conv", images.shape[1], seed).to(images.device)
-    return psi.fit(images, batch)(images, batch)
+def _herd(rows: torch.Tensor, count: int, seed: int, label: int) -> list[int]:
+    """Kernel herding's ``count`` picks among ``rows`` (the mmd selector, no synthetic set)."""
+    flat = rows.cpu().numpy()
+    return mmd_herding(flat, flat[:0], count, seed, label)
 
 
 @torch.no_grad()
