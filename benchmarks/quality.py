@@ -53,6 +53,7 @@ ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "phi=pixels": ("IPC 10", ["nopt.feature_map=pixels"]),
     "mmd=biased": ("IPC 10", ["nopt.mmd_estimator=biased"]),
     "init=noise": ("IPC 10", ["nopt.init=noise"]),
+    "init herded in pixels": ("IPC 10", ["nopt.init_space=latent"]),
     "IPC 1, init=noise": ("IPC 1", ["nopt.init=noise"]),
     "IPC 50, core 10 + mmd": ("IPC 50", ["size.synthetic_cap=10"]),
     "IPC 50, core 10 + facility location": ("IPC 50", ["size.synthetic_cap=10",

@@ -62,10 +62,10 @@ class NoptConfig:
     # the noise NOpt starts from: "inverted" (DDIM inversions of the class's most representative
     # reference images, by kernel herding) or "noise" (seeded Gaussian); T = 0 always uses noise
     init: str = "inverted"
-    # where kernel herding picks the inverted start's references: "latent" (the model's
-    # latent; pixels for a pixel prior) or "random_conv" (psi: a fixed random ConvNet, its
-    # blocks scaled to unit RMS on the class's reference)
-    init_space: str = "latent"
+    # where kernel herding picks the inverted start's references: "random_conv" (psi: a fixed
+    # random ConvNet, its blocks scaled to unit RMS on the class's reference) or "latent"
+    # (the model's latent; pixels for a pixel prior)
+    init_space: str = "random_conv"
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty

@@ -92,8 +92,9 @@ def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dope
 
 
 def test_the_biased_mmd_estimator_keeps_the_run_id_of_runs_made_before_the_setting():
-    cfg = load_config(None, [*BASE, "size.ipc=10", "nopt.mmd_estimator=biased"])
-    assert run_id(cfg, [], []) == "deb7952979c9b8a6"  # this config's id before the setting
+    cfg = load_config(None, [*BASE, "size.ipc=10", "nopt.mmd_estimator=biased",
+                             "nopt.init_space=latent"])
+    assert run_id(cfg, [], []) == "deb7952979c9b8a6"  # this config's id before the settings
     default = load_config(None, [*BASE, "size.ipc=10"])
     assert default.nopt.mmd_estimator == "unbiased"
     assert run_id(default, [], []) != run_id(cfg, [], [])
@@ -103,9 +104,10 @@ def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting(
     def run_id_with(*overrides):
         return run_id(load_config(None, [*BASE, "size.ipc=10", *overrides]), [], [])
 
-    before = run_id_with("nopt.mmd_estimator=biased")
+    before = run_id_with("nopt.mmd_estimator=biased", "nopt.init_space=latent")
     assert before == "deb7952979c9b8a6"  # as in the test above: the id before both settings
-    assert run_id_with("nopt.mmd_estimator=biased", "nopt.init_space=latent") == before
+    assert load_config(None, BASE).nopt.init_space == "random_conv"
+    assert run_id_with("nopt.mmd_estimator=biased") != before
 
 
 @pytest.mark.parametrize("overrides, matters", [
