@@ -83,6 +83,12 @@ class NoptConfig:
         """Whether NOpt's loss uses the unbiased MMD^2 estimator."""
         return self.mmd_estimator == "unbiased"
 
+    @property
+    def starts_from_references(self) -> bool:
+        """Whether NOpt starts from inverted herded references (so ``init_space`` matters):
+        not for the noise start, nor for T = 0, which samples plain noise."""
+        return self.init != "noise" and self.iterations > 0
+
 
 @dataclass
 class DopingConfig:

@@ -47,7 +47,7 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     # added after runs were made: kept out where no sample starts from herded references.
     # (An all-real budget still is not such a case: a class smaller than its budget gets
     # synthetic samples to fill it, and the run_id cannot see class sizes.)
-    if cfg.nopt.init == "noise" or cfg.nopt.iterations == 0:
+    if not cfg.nopt.starts_from_references:
         settings["nopt"].pop("init_space", None)
     # how work is spread over actors does not change what is written; the grouping does
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}

@@ -90,7 +90,7 @@ def starting_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
     model's VAE encoder holds large activations at 256 px).
     """
     z = initial_noise(backend, seed, label, count)
-    if cfg.init == "noise" or cfg.iterations == 0 or len(reference) == 0:
+    if not cfg.starts_from_references or len(reference) == 0:
         return z
     if cfg.init_space == "latent":
         latents = _encode(backend, reference, batch)
