@@ -10,8 +10,12 @@ the table's DsCo cell seed by seed: its mean and standard error.
     python -m benchmarks.paired_ablation --out benchmarks/out --size "IPC 10" \\
         nopt.prior_weight=0 [more overrides]
 
-Needs a finished full benchmark in OUT (its results.json, data and prior). Appends (or
-replaces) the variant's row in benchmarks/results/paired_ablations.json.
+Needs the data and prior of a quality-benchmark folder OUT and the default DsCo's accuracies
+for the table's seeds: the DsCo cell of OUT's results.json (a finished full benchmark) or,
+without one, the DsCo draws at that size in benchmarks/results/more_draws.json when they cover
+those seeds under today's job config (``python -m benchmarks.more_draws --method DsCo
+--first-seed 0 --seeds 10`` makes them). Appends (or replaces) the variant's row in
+benchmarks/results/paired_ablations.json.
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from benchmarks.quality import ARCHS, SIZE_HELP, BenchSettings, Cell, build_sets, check_size, \
-    evaluate_sets
+from benchmarks.more_draws import OUT as DRAWS
+from benchmarks.more_draws import draw_config
+from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, build_sets, \
+    check_size, evaluate_sets, job_config
 from pipeline.datasets import read_dataset
 from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
@@ -39,27 +45,60 @@ def paired_difference(variant: list[float], base: list[float]) -> dict:
     return {"mean": float(diff.mean()), "stderr": stderr}
 
 
-def base_cell(results: dict, size: str, seeds: list[int], recipe: dict) -> dict:
-    """The DsCo cell of ``size`` from a benchmark's results, checked to be comparable."""
-    cell = (results or {}).get("cells", {}).get(f"DsCo @ {size}")
-    if cell is None or cell["seeds"] != seeds or cell.get("recipe") != recipe \
-            or cell.get("trainings_per_set", 1) != 1:
+def base_cell(out: str, size: str, settings: BenchSettings, recipe: dict,
+              draws_path: str = DRAWS) -> dict:
+    """The default DsCo at ``size`` for the seeds of ``settings``, one training per set under
+    ``recipe``: the benchmark's DsCo cell from OUT's results.json, or else the same sets' draws
+    from ``draws_path`` (benchmarks.more_draws); exits when neither has them."""
+    seeds = list(settings.seeds)
+    cell = (read_json(join(out, "results.json")) or {}).get("cells", {}).get(f"DsCo @ {size}")
+    if cell is not None and cell["seeds"] == seeds and cell.get("recipe") == recipe \
+            and cell.get("trainings_per_set", 1) == 1:
+        return cell
+    drawn = drawn_cell(out, size, settings, recipe, draws_path)
+    if drawn is None:
         raise SystemExit(f"no DsCo @ {size} cell with seeds {seeds}, one training per set and "
-                         "the current training recipe in the benchmark's results.json: run "
-                         "`dsco bench quality --out DIR` first, then pass the same DIR.")
+                         "the current training recipe in the benchmark's results.json, nor "
+                         f"DsCo draws at {size} for those seeds under today's job config in "
+                         f"{draws_path}: run `dsco bench quality --out DIR` (or `python -m "
+                         f"benchmarks.more_draws --out DIR --method DsCo --size '{size}' "
+                         f"--first-seed {seeds[0]} --seeds {len(seeds)}`) first, then pass "
+                         "the same DIR.")
+    return drawn
+
+
+def drawn_cell(out: str, size: str, settings: BenchSettings, recipe: dict,
+               draws_path: str) -> dict | None:
+    """The DsCo draws of ``draws_path`` for the seeds of ``settings`` in a benchmark cell's
+    form (run_ids, accuracies and mean per architecture), or None unless the entry holds all
+    of them under ``recipe`` and the job config the default DsCo has today."""
+    seeds = list(settings.seeds)
+    entry = (read_json(draws_path) or {}).get("cells", {}).get(f"DsCo @ {size}")
+    dsco = Cell("DsCo", size, METHODS["DsCo"], tuple(seeds))
+    if entry is None or entry["recipe"] != recipe \
+            or entry["job_config"] != draw_config(job_config(out, dsco, settings.job_overrides,
+                                                             seeds[0])) \
+            or any(str(seed) not in entry["draws"] for seed in seeds):
+        return None
+    draws = [entry["draws"][str(seed)] for seed in seeds]
+    cell = {"seeds": seeds, "run_ids": [draw["run_id"] for draw in draws]}
+    for arch in ARCHS:
+        accuracies = [draw[arch] for draw in draws]
+        cell[arch] = {"mean": float(np.mean(accuracies)), "accuracies": accuracies}
     return cell
 
 
 def run_paired(out: str, size: str, overrides: list[str],
                settings: BenchSettings | None = None, results_path: str = OUT,
-               progress: bool = True) -> dict:
+               progress: bool = True, draws_path: str = DRAWS) -> dict:
     """Build, train and compare one variant under the benchmark ``settings`` OUT was run with
-    (the full ones by default); returns its row, also saved in ``results_path``."""
+    (the full ones by default), paired with the default's cell (see ``base_cell``); returns
+    its row, also saved in ``results_path``."""
     check_size(size)
     settings = settings or BenchSettings.full(ablations=False)
     recipe, seeds = TrainRecipe(), list(settings.seeds)
     recipe_key = asdict(recipe)  # what a benchmark cell records of its recipe
-    base = base_cell(read_json(join(out, "results.json")), size, seeds, recipe_key)
+    base = base_cell(out, size, settings, recipe_key, draws_path)
     name = f"{size}: {' '.join(overrides)}"
     saved = read_json(results_path) or {"rows": {}}
     jobs = build_sets(out, Cell("paired ablation", size, overrides, settings.seeds),
@@ -87,7 +126,7 @@ def run_paired(out: str, size: str, overrides: list[str],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="a finished quality-benchmark folder")
+    parser.add_argument("--out", required=True, help="a quality-benchmark folder")
     parser.add_argument("--size", required=True, help=SIZE_HELP)
     parser.add_argument("overrides", nargs="+", help="job settings, as for `dsco run --set`")
     args = parser.parse_args()

@@ -25,6 +25,7 @@ def test_quick_quality_benchmark_writes_results_table_and_plot(ray_local, tmp_pa
     assert "| plain sampling |" in capsys.readouterr().out
     _check_paired_ablation(tmp_path, results)
     _check_more_draws(tmp_path, results)
+    _check_paired_ablation_against_draws(tmp_path, results)
 
 
 def _check_paired_ablation(out, results):
@@ -81,6 +82,38 @@ def _check_more_draws(out, results):
     assert fresh["job_config"] == cell["job_config"]
     with pytest.raises(SystemExit, match="unknown method 'dsco'"):
         run_more_draws(str(out), "dsco", "IPC 10", [0], BenchSettings.quick(), str(saved), False)
+
+
+def _check_paired_ablation_against_draws(out, results):
+    """Without a DsCo cell in results.json, the default's draws from more_draws are the base."""
+    from benchmarks.more_draws import run_more_draws
+    from benchmarks.paired_ablation import run_paired
+    from benchmarks.quality import BenchSettings
+
+    draws, saved = out / "dsco_draws.json", out / "paired_on_draws.json"
+    dsco = results["cells"]["DsCo @ IPC 10"]
+    (out / "results.json").rename(out / "results.hidden.json")
+    try:
+        with pytest.raises(SystemExit, match="nor DsCo draws at IPC 10"):
+            run_paired(str(out), "IPC 10", [], BenchSettings.quick(), str(saved), False,
+                       str(draws))
+        run_more_draws(str(out), "DsCo", "IPC 10", [0], BenchSettings.quick(), str(draws),
+                       False)
+        same = run_paired(str(out), "IPC 10", [], BenchSettings.quick(), str(saved), False,
+                          str(draws))
+        assert same["run_ids"] == same["base_run_ids"] == dsco["run_ids"]
+        for arch in ("convnet", "mlp"):
+            assert same[arch]["base_mean"] == dsco[arch]["mean"]
+            assert same[arch]["difference"] == {"mean": 0.0, "stderr": None}
+        # draws made under another job config are not the default's: no base
+        stale = json.loads(draws.read_text())
+        stale["cells"]["DsCo @ IPC 10"]["job_config"]["nopt"]["iterations"] += 1
+        draws.write_text(json.dumps(stale))
+        with pytest.raises(SystemExit, match="no DsCo @ IPC 10 cell"):
+            run_paired(str(out), "IPC 10", [], BenchSettings.quick(), str(saved), False,
+                       str(draws))
+    finally:
+        (out / "results.hidden.json").rename(out / "results.json")
 
 
 def test_in_the_main_table_each_seed_trains_on_its_own_set():
