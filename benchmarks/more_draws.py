@@ -28,7 +28,6 @@ from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, b
     check_size, evaluate_sets, job_config
 from pipeline.config import JobConfig
 from pipeline.datasets import read_dataset
-from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_json
 
@@ -46,7 +45,7 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
         raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     check_size(size)
     settings = settings or BenchSettings.full(ablations=False)
-    recipe = TrainRecipe()
+    recipe = settings.recipe
     saved = read_json(results_path) or {"cells": {}}
     key = f"{method} @ {size}"
     cell = Cell(method, size, METHODS[method], tuple(seeds))

@@ -30,7 +30,6 @@ from benchmarks.more_draws import draw_config
 from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, build_sets, \
     check_size, evaluate_sets, job_config
 from pipeline.datasets import read_dataset
-from pipeline.evaluation import TrainRecipe
 from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_json
 
@@ -96,7 +95,7 @@ def run_paired(out: str, size: str, overrides: list[str],
     its row, also saved in ``results_path``."""
     check_size(size)
     settings = settings or BenchSettings.full(ablations=False)
-    recipe, seeds = TrainRecipe(), list(settings.seeds)
+    recipe, seeds = settings.recipe, list(settings.seeds)
     recipe_key = asdict(recipe)  # what a benchmark cell records of its recipe
     base = base_cell(out, size, settings, recipe_key, draws_path)
     name = f"{size}: {' '.join(overrides)}"

@@ -114,6 +114,8 @@ class BenchSettings:
     # more sets instead: which samples a set draws moves a cell more than retraining does
     # (docs/method.md, "The selection study")
     trainings_per_set: int = 1
+    # how every set's classifiers train (part of each cell's cache key)
+    recipe: TrainRecipe = TrainRecipe()
 
     @classmethod
     def full(cls, ablations: bool = True) -> "BenchSettings":
@@ -126,7 +128,8 @@ class BenchSettings:
     def quick(cls) -> "BenchSettings":
         return cls(("IPC 10",), ("DsCo", "plain sampling", "random real"), (0,), (),
                    PriorTrainingConfig(steps=150, batch_size=64, channels=(8, 16)),
-                   ("nopt.iterations=5", "nopt.ddim_steps=4"), include_full=False)
+                   ("nopt.iterations=5", "nopt.ddim_steps=4"), include_full=False,
+                   recipe=TrainRecipe(steps=100))
 
 
 def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dict:
@@ -136,7 +139,7 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     test = read_dataset(join(out, "data", "test"), "webdataset")
     results_url = join(out, "results.json")
     results = read_json(results_url) or {"cells": {}}
-    train_recipe = TrainRecipe()
+    train_recipe = settings.recipe
     recipe = asdict(train_recipe)  # part of each cell's cache key: a new recipe retrains
     results["settings"] = {"seeds": list(settings.seeds), "architectures": list(ARCHS),
                            "job_overrides": list(settings.job_overrides),

@@ -6,12 +6,13 @@ DsCo run, DESIGN.md layout), baselines/<run_id>/ (plain sampling, random real), 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 
 from cluster.driver import JobResult, run_job
 from pipeline.config import JobConfig, load_config
 from pipeline.datasets import read_dataset
 from pipeline.digits import prepare_digits
-from pipeline.evaluation import evaluate_set
+from pipeline.evaluation import TrainRecipe, evaluate_set
 from pipeline.prior import PRIOR_META
 from pipeline.prior_training import PriorTrainingConfig, train_prior
 from pipeline.reader import load_run_images
@@ -52,10 +53,13 @@ def baseline_configs(cfg: JobConfig, out: str, overrides: list[str]) -> dict[str
 
 def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: bool = False,
              shard_size: int = 1000, progress: bool = True, overrides: list[str] | None = None,
-             prior_cfg: PriorTrainingConfig = PriorTrainingConfig()) -> dict:
+             prior_cfg: PriorTrainingConfig = PriorTrainingConfig(),
+             recipe: TrainRecipe = TrainRecipe()) -> dict:
     """Prepare data and prior, run DsCo and the baselines, evaluate; returns the evaluation.
 
-    ``overrides`` (``key=value``) apply to every job, e.g. fewer NOpt iterations in tests.
+    ``overrides`` (``key=value``) apply to every job, e.g. fewer NOpt iterations in tests;
+    ``recipe`` is how the evaluation trains its classifiers (a saved evaluation made with
+    another recipe is not reused).
     """
     overrides = overrides or []
     prepare_digits(join(out, "data"))
@@ -70,7 +74,8 @@ def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: b
     metrics_url = join(runs["DsCo"].run_url, "report", "metrics.json")
     metrics = read_json(metrics_url) or {}
     saved = metrics.get("evaluation")
-    if all(r.status == "up to date" for r in runs.values()) and saved:
+    fresh = all(r.status == "up to date" for r in runs.values())
+    if fresh and saved and saved.get("recipe") == asdict(recipe):
         return {**saved, "up_to_date": True, "run_url": runs["DsCo"].run_url}
     test = read_dataset(join(out, "data", "test"), "webdataset")
     table = []
@@ -78,9 +83,10 @@ def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: b
         images, labels = load_run_images(runs[name].run_url)
         table.append({"method": name, "run_id": runs[name].run_id, "samples": len(labels),
                       **evaluate_set(images, labels, test.images, test.labels,
-                                     len(test.class_names), SEEDS)})
-    evaluation = {"classifier": "convnet", "seeds": SEEDS, "ipc": ipc,
-                  "doping_fraction": doping_fraction, "data_free": data_free, "methods": table}
+                                     len(test.class_names), SEEDS, recipe=recipe)})
+    evaluation = {"classifier": "convnet", "seeds": SEEDS, "recipe": asdict(recipe),
+                  "ipc": ipc, "doping_fraction": doping_fraction, "data_free": data_free,
+                  "methods": table}
     write_json(metrics_url, {**metrics, "evaluation": evaluation})
     return {**evaluation, "up_to_date": False, "run_url": runs["DsCo"].run_url}
 

@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 
 from cluster.demo import format_table, run_demo
+from pipeline.evaluation import TrainRecipe
 from pipeline.prior_training import PriorTrainingConfig
 
 pytestmark = pytest.mark.ray
 TINY = dict(ipc=2, shard_size=5, progress=False,
             overrides=["nopt.iterations=2", "nopt.ddim_steps=2", "nopt.batch_size=16"],
-            prior_cfg=PriorTrainingConfig(steps=5, batch_size=16, channels=(8, 16)))
+            prior_cfg=PriorTrainingConfig(steps=5, batch_size=16, channels=(8, 16)),
+            recipe=TrainRecipe(steps=20))
 
 
 def test_demo_runs_evaluates_and_is_up_to_date_the_second_time(ray_local, tmp_path):
@@ -28,3 +30,6 @@ def test_demo_runs_evaluates_and_is_up_to_date_the_second_time(ray_local, tmp_pa
     second = run_demo(str(tmp_path), **TINY)
     assert second["up_to_date"] and second["methods"] == first["methods"]
     assert "DsCo" in format_table(second)
+    # an evaluation made with another training recipe is not reused
+    other = run_demo(str(tmp_path), **{**TINY, "recipe": TrainRecipe(steps=10)})
+    assert not other["up_to_date"] and other["recipe"]["steps"] == 10

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.ray
 DIGITS = str(REPO / "configs" / "digits.yaml")
 FAST = ["nopt.iterations=2", "nopt.ddim_steps=2", "nopt.batch_size=32", "size.ipc=2",
         "execution.classes_per_unit=3", "write.shard_size=7"]
-SLOW = ["nopt.iterations=40", "nopt.ddim_steps=3", "nopt.batch_size=32", "size.ipc=2",
+SLOW = ["nopt.iterations=15", "nopt.ddim_steps=3", "nopt.batch_size=32", "size.ipc=2",
         "size.doping_fraction=0.5", "execution.classes_per_unit=1", "write.shard_size=50"]
 
 
@@ -159,21 +159,27 @@ def kill_mid_run_and_resume(out_url: str, env: dict, prior, data) -> str:
     return run_url
 
 
+@pytest.fixture(scope="module")
+def undisturbed_samples(ray_local, tiny_prior, digits_dir, tmp_path_factory) -> dict[str, str]:
+    """The SLOW job run once without interruption, on local disk: what every resumed run of it,
+    on any storage, must equal sample for sample."""
+    out = tmp_path_factory.mktemp("undisturbed")
+    return sample_hashes(run_job(job(out, tiny_prior, digits_dir / "train", SLOW),
+                                 progress=False).run_url)
+
+
 def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_local_disk(
-        ray_local, tiny_prior, digits_dir, tmp_path):
-    data = digits_dir / "train"
-    undisturbed = run_job(job(tmp_path / "ref", tiny_prior, data, SLOW), progress=False)
-    run_url = kill_mid_run_and_resume(str(tmp_path / "out"), dict(os.environ), tiny_prior, data)
+        undisturbed_samples, tiny_prior, digits_dir, tmp_path):
+    run_url = kill_mid_run_and_resume(str(tmp_path / "out"), dict(os.environ), tiny_prior,
+                                      digits_dir / "train")
     assert read_index(run_url)["complete"]
-    assert sample_hashes(run_url) == sample_hashes(undisturbed.run_url)
+    assert sample_hashes(run_url) == undisturbed_samples
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_s3(ray_local, moto_env, tiny_prior,
-                                                              digits_dir, tmp_path):
-    data = digits_dir / "train"
+def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_s3(undisturbed_samples, moto_env,
+                                                              tiny_prior, digits_dir):
     bucket = s3_bucket(moto_env, "recurring")
-    undisturbed = run_job(job(f"{bucket}/ref", tiny_prior, data, SLOW), progress=False)
     run_url = kill_mid_run_and_resume(f"{bucket}/out", {**os.environ, **moto_env}, tiny_prior,
-                                      data)
+                                      digits_dir / "train")
     assert read_index(run_url)["complete"]
-    assert sample_hashes(run_url) == sample_hashes(undisturbed.run_url)
+    assert sample_hashes(run_url) == undisturbed_samples
