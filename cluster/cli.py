@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from pipeline.errors import DscoError
+from pipeline.errors import DscoError, JobFailed
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -192,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dsco` console script; returns the exit code."""
-    from cluster.driver import JobFailed
     from pipeline.lock import LockHeld
 
     args = build_parser().parse_args(argv)

@@ -23,16 +23,12 @@ from cluster.resources import connect, head_node_id, io_actor_options, optimizer
 from pipeline.config import PRETRAINED, JobConfig
 from pipeline.class_mapping import check_prior_fits, data_free_classes
 from pipeline.datasets import InputFile, list_input
-from pipeline.errors import DscoError
+from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, make_plan, may_dope
 from pipeline.prior import read_prior_meta
 from pipeline.storage import join, read_json
-
-
-class JobFailed(Exception):
-    """Some work units failed after every retry; the run stays incomplete (a rerun resumes)."""
 
 
 @dataclass

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.driver import JobFailed, run_job
+from cluster.driver import run_job
 from pipeline.config import load_config
+from pipeline.errors import JobFailed
 from pipeline.prior import PRIOR_META
 from pipeline.reader import read_index, samples_in_tar
 from tests.conftest import make_tiny_prior, s3_bucket

@@ -63,13 +63,17 @@ def wait_for_dashboard(address: str, head: subprocess.Popen, timeout: float = 90
 
 
 def stop_process_group(process: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    """SIGTERM the group, then SIGKILL what is left after a short grace: Ray's dashboard and
+    runtime-env agents outlive a SIGTERM (the test's own Ray starts with address="local", so a
+    head killed hard leaves nothing it would join)."""
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
+            process.poll()  # reaps the leader: a zombie would keep the group alive
             try:
                 os.killpg(process.pid, 0)
             except ProcessLookupError:

@@ -42,6 +42,7 @@ def test_unreachable_endpoint_is_explained(moto_env, monkeypatch):
     import fsspec
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries only add waiting
     fsspec.AbstractFileSystem.clear_instance_cache()
     monkeypatch.setattr("pipeline.storage.time.sleep", lambda s: None)
     with pytest.raises(DscoError, match="AWS_ENDPOINT_URL"):
