@@ -65,8 +65,9 @@ def test_nopt_lowers_its_loss_on_tiny_latents(tiny_dit):
         assert history[-1] < 0.97 * history[0], history
 
 
-# The sampler's forward + backward through K DDIM steps in a fresh process; prints the memory
-# it took: peak RSS (VmHWM) minus the RSS just before, with the model loaded.
+# The sampler's forward + backward through K DDIM steps, for each (K, checkpointing) asked, in
+# one fresh process after a warm-up; prints the memory each took: peak RSS (VmHWM) minus the
+# RSS just before, with the model loaded and the previous probe's tensors freed.
 MEMORY_PROBE = textwrap.dedent("""
     import sys, torch
     from pipeline.ddim import ddim_sample
@@ -74,35 +75,42 @@ MEMORY_PROBE = textwrap.dedent("""
     torch.set_num_threads(1)
     backend = load_prior(sys.argv[1])
     backend.decode = lambda latents: latents  # the same for any K: leave it out of the probe
-    steps, checkpointing, batch = int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-    z = torch.randn((batch,) + backend.latent_shape, requires_grad=True)
+    batch = int(sys.argv[2])
     labels = torch.zeros(batch, dtype=torch.long)
     def status(field):
         for line in open("/proc/self/status"):
             if line.startswith(field):
                 return int(line.split()[1]) * 1024
-    before = status("VmRSS:")
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
-    images = ddim_sample(backend, z, labels, steps, use_checkpointing=checkpointing)
-    images.square().mean().backward()
-    print(status("VmHWM:") - before)
+    warm_up = ["1:0", "1:1"]  # unreported: they take the one-time allocations
+    for i, probe in enumerate(warm_up + sys.argv[3:]):
+        steps, checkpointing = int(probe.split(":")[0]), probe.endswith(":1")
+        z = torch.randn((batch,) + backend.latent_shape, requires_grad=True)
+        before = status("VmRSS:")
+        open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
+        images = ddim_sample(backend, z, labels, steps, use_checkpointing=checkpointing)
+        images.square().mean().backward()
+        if i >= len(warm_up):
+            print(status("VmHWM:") - before)
+        del z, images
 """)
 
 
-def activation_bytes(model_dir, steps: int, checkpointing: bool, batch: int = 384) -> int:
+def activation_bytes(model_dir, probes: list[tuple[int, bool]], batch: int = 384) -> list[int]:
+    """The probe's memory for each (steps, checkpointing), measured in one process."""
     # glibc would keep freed blocks on its heap (RSS then tracks history, not live tensors);
     # a fixed mmap threshold gives every large tensor its own mapping, returned on free
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(model_dir), str(steps),
-                          "1" if checkpointing else "0", str(batch)], cwd=REPO, env=env,
-                         capture_output=True, text=True, check=True, timeout=300)
-    return int(out.stdout.split()[-1])
+    args = [f"{steps}:{int(checkpointing)}" for steps, checkpointing in probes]
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(model_dir), str(batch), *args],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True,
+                         timeout=300)
+    return [int(line) for line in out.stdout.split()[-len(probes):]]
 
 
 def test_checkpointing_keeps_activation_memory_flat_in_the_number_of_steps(tiny_dit):
     k = 4
-    without = [activation_bytes(tiny_dit, steps, False) for steps in (k, 2 * k)]
-    with_ckpt = [activation_bytes(tiny_dit, steps, True) for steps in (k, 2 * k)]
+    measured = activation_bytes(tiny_dit, [(k, False), (2 * k, False), (k, True), (2 * k, True)])
+    without, with_ckpt = measured[:2], measured[2:]
     # without checkpointing, K more steps hold K more steps' activations: the probe sees that
     assert without[1] - without[0] > 100 * 2 ** 20, without
     # with it, K more steps add only K more latents: memory does not double
