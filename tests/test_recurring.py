@@ -16,7 +16,7 @@ import pytest
 
 from cluster.cli import main
 from cluster.driver import fingerprint, run_job
-from pipeline.config import load_config
+from pipeline.config import JobConfig, load_config
 from pipeline.follow import follow_run, webdataset_of_run
 from pipeline.reader import iter_samples, read_index
 from pipeline.storage import read_json
@@ -135,11 +135,13 @@ def test_readers_started_before_the_run_see_every_sample_once_and_end_by_themsel
     assert not all(seen["complete_at_yield"])  # some shards arrived while the run was growing
 
 
-def kill_mid_run_and_resume(out_url: str, env: dict, prior, data) -> str:
-    """Start `dsco run`, SIGKILL it (and its local Ray) once a unit is committed, rerun."""
+def kill_mid_run(out_url: str, env: dict, prior, data) -> JobConfig:
+    """Start `dsco run` in its own process (with its own local Ray), SIGKILL the lot once a
+    unit is committed; return the job's config for the rerun."""
     cmd = [sys.executable, "-m", "cluster.cli", "--quiet", "run", DIGITS,
            *[a for s in sets(out_url, prior, data, SLOW) for a in ("--set", s)]]
-    run_url = f"{out_url}/{fingerprint(load_config(DIGITS, sets(out_url, prior, data, SLOW)))}"
+    cfg = load_config(DIGITS, sets(out_url, prior, data, SLOW))
+    run_url = f"{out_url}/{fingerprint(cfg)}"
     driver = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -154,9 +156,7 @@ def kill_mid_run_and_resume(out_url: str, env: dict, prior, data) -> str:
         driver.wait(timeout=60)
     index = read_index(run_url)
     assert 1 <= len(index["units"]) < 10 and not index["complete"], "not killed mid-run"
-    rerun = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    return run_url
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -170,16 +170,17 @@ def undisturbed_samples(ray_local, tiny_prior, digits_dir, tmp_path_factory) -> 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_local_disk(
         undisturbed_samples, tiny_prior, digits_dir, tmp_path):
-    run_url = kill_mid_run_and_resume(str(tmp_path / "out"), dict(os.environ), tiny_prior,
-                                      digits_dir / "train")
-    assert read_index(run_url)["complete"]
-    assert sample_hashes(run_url) == undisturbed_samples
+    cfg = kill_mid_run(str(tmp_path / "out"), dict(os.environ), tiny_prior, digits_dir / "train")
+    rerun = run_job(cfg, progress=False)  # the same job, resumed on the test's own Ray
+    assert rerun.status == "complete" and read_index(rerun.run_url)["complete"]
+    assert sample_hashes(rerun.run_url) == undisturbed_samples
 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_s3(undisturbed_samples, moto_env,
                                                               tiny_prior, digits_dir):
     bucket = s3_bucket(moto_env, "recurring")
-    run_url = kill_mid_run_and_resume(f"{bucket}/out", {**os.environ, **moto_env}, tiny_prior,
-                                      digits_dir / "train")
-    assert read_index(run_url)["complete"]
-    assert sample_hashes(run_url) == undisturbed_samples
+    cfg = kill_mid_run(f"{bucket}/out", {**os.environ, **moto_env}, tiny_prior,
+                       digits_dir / "train")
+    rerun = run_job(cfg, progress=False)
+    assert rerun.status == "complete" and read_index(rerun.run_url)["complete"]
+    assert sample_hashes(rerun.run_url) == undisturbed_samples
