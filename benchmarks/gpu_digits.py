@@ -33,7 +33,7 @@ import torch
 from benchmarks.set_training import save_sets, train_saved_sets
 from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
-from pipeline.images import to_model_space, to_uint8
+from pipeline.tensors import to_model_space, to_uint8
 from pipeline.nopt import optimize_classes
 from pipeline.prior import load_prior
 from pipeline.prior_training import PriorTrainingConfig, train_prior

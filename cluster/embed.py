@@ -21,7 +21,8 @@ from pipeline.config import DopingConfig
 from pipeline.datasets import InputFile, input_samples_in_tar
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
-from pipeline.images import decode_image, to_model_space
+from pipeline.images import decode_image
+from pipeline.tensors import to_model_space
 from pipeline.storage import filesystem, join, read_json, write_json
 
 FIT_SAMPLES = 2048

@@ -21,7 +21,8 @@ import torch
 from pipeline.datasets import InputFile, input_samples_in_tar, read_dataset
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
-from pipeline.images import decode_image, to_model_space
+from pipeline.images import decode_image
+from pipeline.tensors import to_model_space
 from pipeline.storage import filesystem, join, read_bytes, read_json, with_retries, write_bytes
 
 META = "meta.json"

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.images import to_model_space
+from pipeline.tensors import to_model_space
 from pipeline.seeding import derive_seed
 
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from pipeline.datasets import LabelledImages
 from pipeline.errors import DscoError
-from pipeline.images import to_model_space
+from pipeline.tensors import to_model_space
 from pipeline.prior import PriorMeta, save_prior
 from pipeline.seeding import derive_seed
 

@@ -7,7 +7,8 @@ import numpy as np
 from pipeline.class_store import InMemoryStore, ShardedStore
 from pipeline.config import DopingConfig
 from pipeline.doping import boundary_weights, other_class_distances, select
-from pipeline.images import decode_image, to_model_space
+from pipeline.images import decode_image
+from pipeline.tensors import to_model_space
 from pipeline.planning import ClassBudget, WorkUnit
 from pipeline.samples import Sample, UnitOutput, real_key
 

@@ -9,7 +9,8 @@ import torch
 from pipeline.class_mapping import prior_class
 from pipeline.config import NoptConfig
 from pipeline.errors import DscoError
-from pipeline.images import encode_png, to_model_space, to_uint8
+from pipeline.images import encode_png
+from pipeline.tensors import to_model_space, to_uint8
 from pipeline.nopt import data_free_reference, optimize_classes
 from pipeline.planning import WorkUnit
 from pipeline.prior import load_prior

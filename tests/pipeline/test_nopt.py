@@ -2,7 +2,7 @@ import torch
 
 from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
-from pipeline.images import to_model_space
+from pipeline.tensors import to_model_space
 from pipeline.ddim import ddim_invert, ddim_sample
 from pipeline.features import FixedEncoder
 from pipeline.kernels import mmd_herding
