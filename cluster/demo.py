@@ -74,8 +74,8 @@ def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: b
     metrics_url = join(runs["DsCo"].run_url, "report", "metrics.json")
     metrics = read_json(metrics_url) or {}
     saved = metrics.get("evaluation")
-    fresh = all(r.status == "up to date" for r in runs.values())
-    if fresh and saved and saved.get("recipe") == asdict(recipe):
+    runs_up_to_date = all(r.status == "up to date" for r in runs.values())
+    if runs_up_to_date and saved and saved.get("recipe") == asdict(recipe):
         return {**saved, "up_to_date": True, "run_url": runs["DsCo"].run_url}
     test = read_dataset(join(out, "data", "test"), "webdataset")
     table = []
