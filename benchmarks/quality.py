@@ -139,8 +139,7 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
     test = read_dataset(join(out, "data", "test"), "webdataset")
     results_url = join(out, "results.json")
     results = read_json(results_url) or {"cells": {}}
-    train_recipe = settings.recipe
-    recipe = asdict(train_recipe)  # part of each cell's cache key: a new recipe retrains
+    recipe = asdict(settings.recipe)  # part of each cell's cache key: a new recipe retrains
     results["settings"] = {"seeds": list(settings.seeds), "architectures": list(ARCHS),
                            "job_overrides": list(settings.job_overrides),
                            "trainings_per_set": settings.trainings_per_set, "recipe": recipe}
@@ -167,7 +166,7 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
                "build_seconds": round(time.time() - started, 1)}
         for arch in ARCHS:
             row[arch] = evaluate_sets(sets, test, list(settings.seeds), arch,
-                                      settings.trainings_per_set, train_recipe)
+                                      settings.trainings_per_set, settings.recipe)
         row["mean_of_archs"] = float(np.mean([row[a]["mean"] for a in ARCHS]))
         results["cells"][cell.key] = row
         write_json(results_url, results)

@@ -16,7 +16,7 @@ import pytest
 
 from cluster.cli import main
 from cluster.driver import fingerprint, run_job
-from pipeline.config import JobConfig, load_config
+from pipeline.config import load_config
 from pipeline.follow import follow_run, webdataset_of_run
 from pipeline.reader import iter_samples, read_index
 from pipeline.storage import read_json
@@ -135,12 +135,13 @@ def test_readers_started_before_the_run_see_every_sample_once_and_end_by_themsel
     assert not all(seen["complete_at_yield"])  # some shards arrived while the run was growing
 
 
-def kill_mid_run(out_url: str, env: dict, prior, data) -> JobConfig:
+def kill_mid_run_then_resume(out_url: str, env: dict, prior, data) -> str:
     """Start `dsco run` in its own process (with its own local Ray), SIGKILL the lot once a
-    unit is committed; return the job's config for the rerun."""
+    unit is committed, then resume the same job on the test's own Ray; return the run's URL."""
+    options = sets(out_url, prior, data, SLOW)
     cmd = [sys.executable, "-m", "cluster.cli", "--quiet", "run", DIGITS,
-           *[a for s in sets(out_url, prior, data, SLOW) for a in ("--set", s)]]
-    cfg = load_config(DIGITS, sets(out_url, prior, data, SLOW))
+           *[a for s in options for a in ("--set", s)]]
+    cfg = load_config(DIGITS, options)
     run_url = f"{out_url}/{fingerprint(cfg)}"
     driver = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,7 +157,9 @@ def kill_mid_run(out_url: str, env: dict, prior, data) -> JobConfig:
         driver.wait(timeout=60)
     index = read_index(run_url)
     assert 1 <= len(index["units"]) < 10 and not index["complete"], "not killed mid-run"
-    return cfg
+    rerun = run_job(cfg, progress=False)
+    assert rerun.status == "complete" and read_index(rerun.run_url)["complete"]
+    return rerun.run_url
 
 
 @pytest.fixture(scope="module")
@@ -170,17 +173,14 @@ def undisturbed_samples(ray_local, tiny_prior, digits_dir, tmp_path_factory) -> 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_local_disk(
         undisturbed_samples, tiny_prior, digits_dir, tmp_path):
-    cfg = kill_mid_run(str(tmp_path / "out"), dict(os.environ), tiny_prior, digits_dir / "train")
-    rerun = run_job(cfg, progress=False)  # the same job, resumed on the test's own Ray
-    assert rerun.status == "complete" and read_index(rerun.run_url)["complete"]
-    assert sample_hashes(rerun.run_url) == undisturbed_samples
+    run_url = kill_mid_run_then_resume(str(tmp_path / "out"), dict(os.environ), tiny_prior,
+                                       digits_dir / "train")
+    assert sample_hashes(run_url) == undisturbed_samples
 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run_on_s3(undisturbed_samples, moto_env,
                                                               tiny_prior, digits_dir):
     bucket = s3_bucket(moto_env, "recurring")
-    cfg = kill_mid_run(f"{bucket}/out", {**os.environ, **moto_env}, tiny_prior,
-                       digits_dir / "train")
-    rerun = run_job(cfg, progress=False)
-    assert rerun.status == "complete" and read_index(rerun.run_url)["complete"]
-    assert sample_hashes(rerun.run_url) == undisturbed_samples
+    run_url = kill_mid_run_then_resume(f"{bucket}/out", {**os.environ, **moto_env}, tiny_prior,
+                                       digits_dir / "train")
+    assert sample_hashes(run_url) == undisturbed_samples
