@@ -3,11 +3,13 @@ built in code) under bf16 autocast and for the digits-size pixel UNet (fp32 sinc
 thirteenth session; the committed result's row ran under bf16 autocast), with fp32 noise.
 
     python -m benchmarks.gpu_nopt [--out benchmarks/results/gpu_nopt.json] [--tiny]
+        [--batches 16,32,48,64]
 
 For each batch (images optimised together) it times NOpt at the default config's K DDIM steps:
 one NOpt iteration (t_iter, from runs of 1 and 1 + m iterations) and the final sampling pass
 (t_final), and reports images per second at the default T, batch / (T * t_iter + t_final), the
-cost per image-iteration-step that `dsco plan` uses, and peak GPU memory. It also records peak
+cost per image-iteration-step that `dsco plan` uses, and peak GPU memory. The DiT's batches
+(``--batches``) grow until one runs out of memory. It also records peak
 memory for K and 2K steps with and without checkpointing. `--tiny` runs the same code on a tiny
 DiT on CPU (a smoke test of this script, not a measurement). Meant to finish in a few minutes
 on an H100.
@@ -147,7 +149,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=OUT)
     parser.add_argument("--tiny", action="store_true", help="tiny DiT on CPU: a smoke test")
+    parser.add_argument("--batches", default="16,32,48,64",
+                        help="DiT batches, comma-separated, tried in order up to the first OOM")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
     device = "cpu" if args.tiny else "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -156,7 +161,7 @@ def main() -> None:
     rows = []
     for weights in (torch.bfloat16, torch.float32):
         backend = dit_backend(spec, device, weights)
-        for batch in ((2, 4) if args.tiny else (16, 32, 48, 64)):
+        for batch in ((2, 4) if args.tiny else batches):
             rows.append(measure(backend, name, batch, 1.0, device))
             if rows[-1].get("oom"):
                 break
