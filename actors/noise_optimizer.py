@@ -39,7 +39,7 @@ class NoiseOptimizer:
         """Run NOpt for ``unit``; returns (small status for the driver, the unit's output)."""
         started = time.time()
         bar = None
-        if self.stage.cfg.iterations and any(b.synthetic for b in unit.budgets):
+        if self.stage.cfg.iterations and unit.needs_nopt:
             bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
                                 desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
         try:

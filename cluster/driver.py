@@ -28,6 +28,7 @@ from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, make_plan, may_dope
 from pipeline.prior import read_prior_meta
+from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
 
 
@@ -150,6 +151,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     A unit's doping and commit are submitted only once its NOpt output exists: the
     DopingSelector runs its calls in submission order, so a ``dope`` queued on an output still
     being optimised would hold back every later unit's ``references``, and with them all NOpt.
+    Units whose classes are all real skip the NoiseOptimizers (a job of only such units starts
+    none); they are doped once every NOpt unit has its references queued.
     """
     by_node: Counter = Counter()
     spans: dict[int, tuple[float, float]] = {}
@@ -163,21 +166,33 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     pool = OptimizerPool(
         lambda remaining: optimizer_shape(cfg.execution, ray.cluster_resources(), remaining),
         start_actor)
-    pending = deque(units)
+    pending = deque(u for u in units if u.needs_nopt)
+    real_only = deque(u for u in units if not u.needs_nopt)
     running: dict = {}  # status ref -> (actor, unit)
     writing: dict = {}  # commit ref -> unit
     attempts: Counter = Counter()
     failed: dict[int, str] = {}
-    optimised = tqdm(total=len(units), desc="units optimised", unit="unit", disable=not progress)
+    optimised = tqdm(total=len(pending), desc="units optimised", unit="unit",
+                     disable=not progress or not pending)
     written = tqdm(total=len(units), desc="units written", unit="unit", disable=not progress)
+
+    def write(unit: WorkUnit, output) -> None:
+        """Submit the unit's doping (where it has real samples) and its commit."""
+        if selector is not None and any(b.real for b in unit.budgets):
+            output = selector.dope.remote(unit, output)
+        writing[coordinator.write_unit.remote(unit, output)] = unit
+
     try:
-        while pending or running or writing:
+        while pending or real_only or running or writing:
             lock.check()
             pool.top_up(len(pending) + len(running))
             while pool.has_idle() and pending:
                 actor, unit = pool.lend(), pending.popleft()
                 status, output = actor.run.remote(unit, _references(selector, unit, cfg))
                 running[status] = (actor, unit, output)
+            while real_only and not pending:
+                unit = real_only.popleft()
+                write(unit, real_only_output(unit.unit_id, unit.labels))
             ready, _ = ray.wait(list(running) + list(writing) + pool.starting_refs(),
                                 num_returns=1, timeout=pool.refresh_s)
             if not ready or pool.on_ready(ready[0]):
@@ -193,9 +208,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
                     pool.give_back(actor)
                 except RayActorError:
                     pool.drop()  # the unit's commit fails too and is retried elsewhere
-                if selector is not None and any(b.real for b in unit.budgets):
-                    output = selector.dope.remote(unit, output)
-                writing[coordinator.write_unit.remote(unit, output)] = unit
+                write(unit, output)
                 continue
             unit = writing.pop(ref)
             try:
@@ -209,7 +222,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
                 continue
             attempts[unit.unit_id] += 1
             if attempts[unit.unit_id] <= cfg.execution.max_retries:
-                pending.append(unit)
+                (pending if unit.needs_nopt else real_only).append(unit)
             else:
                 failed[unit.unit_id] = result["error"]
     except ActorsCannotStart as exc:

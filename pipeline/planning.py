@@ -33,6 +33,11 @@ class WorkUnit:
     def num_samples(self) -> int:
         return sum(b.synthetic + b.real for b in self.budgets)
 
+    @property
+    def needs_nopt(self) -> bool:
+        """Whether any class of the unit has synthetic images to optimise."""
+        return any(b.synthetic for b in self.budgets)
+
 
 @dataclass
 class Plan:

@@ -46,3 +46,14 @@ class UnitOutput:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def not_optimised_metrics() -> dict:
+    """A class's NOpt metrics when it has no synthetic images (nothing was optimised)."""
+    return {"final_mmd": None, "loss_history": []}
+
+
+def real_only_output(unit_id: int, labels: list[int]) -> UnitOutput:
+    """The NOpt output of a unit whose classes are all real: no samples, every class marked
+    not optimised. The driver makes it itself, so such a unit never waits for a NoiseOptimizer."""
+    return UnitOutput(unit_id, metrics={str(label): not_optimised_metrics() for label in labels})

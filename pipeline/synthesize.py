@@ -14,7 +14,7 @@ from pipeline.tensors import to_model_space, to_uint8
 from pipeline.nopt import data_free_reference, optimize_classes
 from pipeline.planning import WorkUnit
 from pipeline.prior import load_prior
-from pipeline.samples import Sample, UnitOutput, synthetic_key
+from pipeline.samples import Sample, UnitOutput, not_optimised_metrics, synthetic_key
 
 
 class NoiseOptimizerStage:
@@ -41,7 +41,7 @@ class NoiseOptimizerStage:
         for budget in unit.budgets:
             result = results.get(budget.label)
             if result is None:
-                out.metrics[str(budget.label)] = {"final_mmd": None, "loss_history": []}
+                out.metrics[str(budget.label)] = not_optimised_metrics()
                 continue
             for i, image in enumerate(to_uint8(result.images)):
                 out.samples.append(Sample(synthetic_key(budget.label, i), budget.label,

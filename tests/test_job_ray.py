@@ -2,6 +2,7 @@
 and shards read back with webdataset and Ray Data."""
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,25 @@ def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_
               "doping.selector=kcenter")
     result = run_job(cfg, progress=False)
     assert result.metrics["real"] == 20 and result.metrics["synthetic"] == 0
+    assert result.unit_spans == {} and result.units_by_node == {}  # no NoiseOptimizer ran
     samples = shard_contents(Path(result.run_url)).values()
     origins = {json.loads(s["json"])["origin"] for s in samples}
     assert len(origins) == 20 and all(o.startswith("digits_") for o in origins)
+
+
+def test_only_units_with_synthetic_images_go_to_the_noise_optimizers(
+        ray_local, tiny_prior, digits_dir, tmp_path):
+    # 10% of each class: budgets of 15 pass the crossover of 14 and keep real samples only, so
+    # unit 3 (classes 6 and 7) is all real while the other units have synthetic classes
+    cfg = job(tmp_path, tiny_prior, digits_dir, "size.ipc=null", "size.fraction=0.1",
+              "size.crossover_ipc=14", "execution.classes_per_unit=2")
+    result = run_job(cfg, progress=False)
+    assert sorted(result.unit_spans) == [0, 1, 2, 4]
+    metas = [json.loads(s["json"]) for s in shard_contents(Path(result.run_url)).values()]
+    counts = Counter((m["label"], m["source"]) for m in metas)
+    assert counts[(6, "real")] == counts[(7, "real")] == 15
+    assert counts[(0, "synthetic")] == 14 and counts[(1, "real")] == 15
+    assert {m["source"] for m in metas if m["label"] in (6, 7)} == {"real"}
 
 
 def test_doped_units_are_optimised_side_by_side(ray_local, tiny_prior, digits_dir, tmp_path):
