@@ -1,6 +1,8 @@
 """DopingSelector: holds the real dataset and its embeddings; serves references and doping."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ray
 
 from actors.failures import failed_unit
@@ -8,8 +10,9 @@ from pipeline.config import DopingConfig
 from pipeline.datasets import InputFile
 from pipeline.planning import WorkUnit
 from pipeline.samples import UnitOutput
-from pipeline.class_store import InMemoryStore, ShardedStore
-from pipeline.selection import RealDataStage
+
+if TYPE_CHECKING:
+    from pipeline.selection import RealDataStage
 
 
 @ray.remote
@@ -25,6 +28,10 @@ class DopingSelector:
     def prepare(self) -> dict:
         """Read and embed the dataset (or open the embed stage's output, ``embeddings_url``);
         return class sizes and names."""
+        # the stores import torch and FAISS: only this actor's process loads them, not the driver
+        from pipeline.class_store import InMemoryStore, ShardedStore
+        from pipeline.selection import RealDataStage
+
         input_url, layout, cfg, seed, cache_url, listing, embeddings_url = self.args
         store = ShardedStore(input_url, embeddings_url) if embeddings_url else \
             InMemoryStore(input_url, layout, cfg.encoder, seed, cache_url, listing)

@@ -5,13 +5,11 @@ import os
 import time
 
 import ray
-import torch
 from ray.experimental import tqdm_ray
 
 from actors.failures import failed_unit
 from pipeline.config import NoptConfig
 from pipeline.planning import WorkUnit
-from pipeline.synthesize import NoiseOptimizerStage, assigned_device, torch_device_for
 
 
 @ray.remote
@@ -20,6 +18,12 @@ class NoiseOptimizer:
 
     def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
                  threads: int, class_map: list[int] | None = None):
+        # torch and diffusers load here, in the actor's process: the driver that only creates
+        # actors never imports them (about 6 s of CPU and 400 MB it does not need)
+        import torch
+
+        from pipeline.synthesize import NoiseOptimizerStage, assigned_device, torch_device_for
+
         torch.set_num_threads(threads)
         self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         self.assigned_device = assigned_device(self.gpu_ids)

@@ -29,7 +29,8 @@ from benchmarks.dit_models import DIT_XL2_256, TINY, DiTSpec, build_dit_pipeline
 from pipeline.config import NoptConfig
 from pipeline.latent_prior import LatentDiTBackend
 from pipeline.nopt import optimize_classes, sample_images
-from pipeline.prior import PixelUNetBackend, PriorMeta
+from pipeline.prior import PixelUNetBackend
+from pipeline.prior_meta import PriorMeta
 from pipeline.prior_training import build_unet
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "gpu_nopt.json")

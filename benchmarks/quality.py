@@ -129,7 +129,7 @@ class BenchSettings:
         return cls(("IPC 10",), ("DsCo", "plain sampling", "random real"), (0,), (),
                    PriorTrainingConfig(steps=150, batch_size=64, channels=(8, 16)),
                    ("nopt.iterations=5", "nopt.ddim_steps=4"), include_full=False,
-                   recipe=TrainRecipe(steps=100))
+                   recipe=TrainRecipe(steps=50))
 
 
 def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dict:

@@ -13,7 +13,7 @@ from pipeline.config import JobConfig, load_config
 from pipeline.datasets import read_dataset
 from pipeline.digits import prepare_digits
 from pipeline.evaluation import TrainRecipe, evaluate_set
-from pipeline.prior import PRIOR_META
+from pipeline.prior_meta import PRIOR_META
 from pipeline.prior_training import PriorTrainingConfig, train_prior
 from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_json

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from actors.coordinator import Coordinator
 from actors.doping_selector import DopingSelector
 from actors.noise_optimizer import NoiseOptimizer
-from cluster.embed import embed_with_ray_data, embeddings_url_for
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import PRETRAINED, JobConfig
@@ -27,7 +26,7 @@ from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, make_plan, may_dope
-from pipeline.prior import read_prior_meta
+from pipeline.prior_meta import read_prior_meta
 from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
 
@@ -83,6 +82,9 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
 
 def _embed_at_scale(cfg: JobConfig, listing: list[InputFile]) -> str:
     """Run the Ray Data embed stage (once per input, encoder and seed); return its URL."""
+    # imported here: the stage fits psi in this process (torch), which other runs never load
+    from cluster.embed import embed_with_ray_data, embeddings_url_for
+
     url = embeddings_url_for(listing, cfg.doping, cfg.seed, join(cfg.output, "cache"))
     resources = ray.cluster_resources()
     use_gpus = cfg.execution.accelerator != "cpu" and resources.get("GPU", 0) > 0

@@ -10,7 +10,7 @@ from pipeline.config import JobConfig
 from pipeline.datasets import count_per_class
 from pipeline.errors import DscoError
 from pipeline.planning import Plan, make_plan
-from pipeline.prior import read_prior_meta
+from pipeline.prior_meta import read_prior_meta
 
 # With checkpointing an optimisation step costs about four forward passes (forward, recompute,
 # backward ~ 2); plain sampling and data-free reference images need the forward pass only.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.config import JobConfig
 from pipeline.errors import DscoError
-from pipeline.prior import PriorMeta
+from pipeline.prior_meta import PriorMeta
 
 
 def check_prior_fits(cfg: JobConfig, meta: PriorMeta, input_classes: int | None) -> None:

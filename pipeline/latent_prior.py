@@ -10,51 +10,14 @@ used less memory (benchmarks/results/gpu_nopt.json).
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
 from pipeline.errors import DscoError
-from pipeline.prior import DiffusionBackend, PriorMeta
-
-PIPELINE_INDEX = "model_index.json"
-DIT_PIPELINE = "DiTPipeline"
-
-
-def is_dit_pipeline(model_dir: str) -> bool:
-    """Whether ``model_dir`` holds a DiT pipeline in the hub layout."""
-    path = os.path.join(model_dir, PIPELINE_INDEX)
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        return json.load(f).get("_class_name") == DIT_PIPELINE
-
-
-def dit_meta(model_dir: str) -> PriorMeta:
-    """The prior metadata of a DiT pipeline directory, read from its configs (no weights).
-
-    The null class (for classifier-free guidance) is the extra label embedding DiT keeps at
-    index ``num_embeds_ada_norm``; class names come from ``id2label`` when the index has it.
-    """
-    try:
-        with open(os.path.join(model_dir, PIPELINE_INDEX)) as f:
-            index = json.load(f)
-        with open(os.path.join(model_dir, "transformer", "config.json")) as f:
-            transformer = json.load(f)
-        with open(os.path.join(model_dir, "vae", "config.json")) as f:
-            vae = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DscoError(f"model.path {model_dir!r} looks like a DiT pipeline but its configs "
-                        f"do not read ({exc}); it needs model_index.json, transformer/config.json "
-                        "and vae/config.json as in a hub checkpoint.") from None
-    num_classes = int(transformer["num_embeds_ada_norm"])
-    scale = 2 ** (len(vae["block_out_channels"]) - 1)
-    id2label = index.get("id2label") or {}
-    names = [str(id2label.get(str(i), i)).split(",")[0] for i in range(num_classes)]
-    return PriorMeta("dit", num_classes, num_classes, int(transformer["sample_size"]) * scale,
-                     int(vae.get("in_channels", 3)), names)
+from pipeline.prior import DiffusionBackend
+from pipeline.prior_meta import PriorMeta, dit_meta
 
 
 class LatentDiTBackend(DiffusionBackend):

@@ -7,26 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 from pipeline.errors import DscoError
-
-PRIOR_META = "dsco_prior.json"
-
-
-@dataclass(frozen=True)
-class PriorMeta:
-    """What the pipeline needs to know about a saved prior beyond the diffusers weights."""
-
-    kind: str  # "pixel_unet" (dsco_prior.json) or "dit" (a DiT pipeline directory)
-    num_classes: int
-    null_class: int | None  # class id used for the unconditional branch (guidance)
-    image_size: int
-    channels: int
-    class_names: list[str]
+from pipeline.prior_meta import PRIOR_META, PriorMeta, is_dit_pipeline, read_prior_meta
 
 
 class DiffusionBackend:
@@ -123,34 +109,10 @@ def save_prior(unet: UNet2DModel, scheduler_config: dict, meta: PriorMeta, out_d
         json.dump(meta.__dict__, f, indent=2)
 
 
-def read_prior_meta(model_dir: str) -> PriorMeta:
-    """The prior's metadata, read without loading weights; a clear error when it is missing.
-
-    A DsCo prior directory has ``dsco_prior.json``; a DiT pipeline in the hub layout is
-    described by its own configs (see :mod:`pipeline.latent_prior`).
-    """
-    from pipeline.latent_prior import dit_meta, is_dit_pipeline
-
-    if is_dit_pipeline(model_dir):
-        return dit_meta(model_dir)
-    meta_path = os.path.join(model_dir, PRIOR_META)
-    if not os.path.isfile(meta_path):
-        raise DscoError(
-            f"model.path {model_dir!r} is neither a DsCo prior directory (no {PRIOR_META}) nor "
-            "a DiT pipeline in the hub layout (no model_index.json); train a prior with "
-            f"`dsco train-prior --data DIR --out {model_dir}`, or point it at a DiT checkout.")
-    with open(meta_path) as f:
-        meta = PriorMeta(**json.load(f))
-    if meta.kind != "pixel_unet":
-        raise DscoError(f"prior kind {meta.kind!r} in {meta_path} is not supported; "
-                        "supported kinds: 'pixel_unet'.")
-    return meta
-
-
 def load_prior(model_dir: str, device: torch.device | str = "cpu") -> DiffusionBackend:
     """Load a prior saved by :func:`save_prior`, or a DiT pipeline directory (diffusers,
     local files only)."""
-    from pipeline.latent_prior import is_dit_pipeline, load_dit_pipeline
+    from pipeline.latent_prior import load_dit_pipeline
 
     if is_dit_pipeline(model_dir):
         return load_dit_pipeline(model_dir, device)

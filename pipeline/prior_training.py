@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from pipeline.datasets import LabelledImages
 from pipeline.errors import DscoError
 from pipeline.tensors import to_model_space
-from pipeline.prior import PriorMeta, save_prior
+from pipeline.prior import save_prior
+from pipeline.prior_meta import PriorMeta
 from pipeline.seeding import derive_seed
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.digits import prepare_digits
-from pipeline.prior import PriorMeta, save_prior
+from pipeline.prior import save_prior
+from pipeline.prior_meta import PriorMeta
 from pipeline.datasets import read_dataset
 from pipeline.prior_training import PriorTrainingConfig, build_unet, train_prior
 

@@ -76,3 +76,14 @@ def test_console_script_help(args):
     cmd = [str(dsco)] if dsco.exists() else [sys.executable, "-m", "cluster.cli"]
     out = subprocess.run(cmd + args, capture_output=True, text=True, check=True, cwd=REPO)
     assert "usage: dsco" in out.stdout
+
+
+def test_the_driver_loads_no_model_code():
+    """`dsco run`'s driver only creates actors: torch, diffusers and FAISS load in the actors'
+    processes, so a job starts without paying for them on the head node."""
+    code = ("import sys, cluster.cli, cluster.driver; "
+            "print(sorted({'torch', 'diffusers', 'faiss'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+

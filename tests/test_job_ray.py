@@ -10,7 +10,7 @@ import pytest
 from cluster.driver import run_job
 from pipeline.config import load_config
 from pipeline.errors import JobFailed
-from pipeline.prior import PRIOR_META
+from pipeline.prior_meta import PRIOR_META
 from pipeline.reader import read_index, samples_in_tar
 from tests.conftest import make_tiny_prior, s3_bucket
 

@@ -6,7 +6,8 @@ from pipeline.class_mapping import check_prior_fits, data_free_classes
 from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
 from pipeline.nopt import initial_noise, optimize_classes, sample_images
-from pipeline.prior import PriorMeta, load_prior
+from pipeline.prior import load_prior
+from pipeline.prior_meta import PriorMeta
 
 META = PriorMeta("dit", 1000, 1000, 256, 3, [f"c{i}" for i in range(1000)])
 

@@ -14,7 +14,8 @@ from pipeline.config import NoptConfig
 from pipeline.errors import DscoError
 from pipeline.latent_prior import LatentDiTBackend
 from pipeline.nopt import optimize_classes, sample_images
-from pipeline.prior import load_prior, read_prior_meta
+from pipeline.prior import load_prior
+from pipeline.prior_meta import read_prior_meta
 from tests.conftest import REPO
 
 

@@ -6,7 +6,8 @@ import torch
 from pipeline.ddim import ddim_sample
 from pipeline.errors import DscoError
 from pipeline.latent_prior import LatentDiTBackend
-from pipeline.prior import PRIOR_META, load_prior
+from pipeline.prior import load_prior
+from pipeline.prior_meta import PRIOR_META
 from tests.conftest import make_tiny_prior
 
 

@@ -1,0 +1,82 @@
+"""What a saved prior is, read from its configs alone: the DsCo prior's ``dsco_prior.json`` or a
+DiT pipeline's hub-layout configs. Light to import (no torch, no diffusers), so the job's
+driver and `dsco plan` check a prior without loading any model code."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from pipeline.errors import DscoError
+
+PRIOR_META = "dsco_prior.json"
+PIPELINE_INDEX = "model_index.json"
+DIT_PIPELINE = "DiTPipeline"
+
+
+@dataclass(frozen=True)
+class PriorMeta:
+    """What the pipeline needs to know about a saved prior beyond the diffusers weights."""
+
+    kind: str  # "pixel_unet" (dsco_prior.json) or "dit" (a DiT pipeline directory)
+    num_classes: int
+    null_class: int | None  # class id used for the unconditional branch (guidance)
+    image_size: int
+    channels: int
+    class_names: list[str]
+
+
+def read_prior_meta(model_dir: str) -> PriorMeta:
+    """The prior's metadata, read without loading weights; a clear error when it is missing.
+
+    A DsCo prior directory has ``dsco_prior.json``; a DiT pipeline in the hub layout is
+    described by its own configs (see :mod:`pipeline.latent_prior`).
+    """
+    if is_dit_pipeline(model_dir):
+        return dit_meta(model_dir)
+    meta_path = os.path.join(model_dir, PRIOR_META)
+    if not os.path.isfile(meta_path):
+        raise DscoError(
+            f"model.path {model_dir!r} is neither a DsCo prior directory (no {PRIOR_META}) nor "
+            "a DiT pipeline in the hub layout (no model_index.json); train a prior with "
+            f"`dsco train-prior --data DIR --out {model_dir}`, or point it at a DiT checkout.")
+    with open(meta_path) as f:
+        meta = PriorMeta(**json.load(f))
+    if meta.kind != "pixel_unet":
+        raise DscoError(f"prior kind {meta.kind!r} in {meta_path} is not supported; "
+                        "supported kinds: 'pixel_unet'.")
+    return meta
+
+
+def is_dit_pipeline(model_dir: str) -> bool:
+    """Whether ``model_dir`` holds a DiT pipeline in the hub layout."""
+    path = os.path.join(model_dir, PIPELINE_INDEX)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("_class_name") == DIT_PIPELINE
+
+
+def dit_meta(model_dir: str) -> PriorMeta:
+    """The prior metadata of a DiT pipeline directory, read from its configs (no weights).
+
+    The null class (for classifier-free guidance) is the extra label embedding DiT keeps at
+    index ``num_embeds_ada_norm``; class names come from ``id2label`` when the index has it.
+    """
+    try:
+        with open(os.path.join(model_dir, PIPELINE_INDEX)) as f:
+            index = json.load(f)
+        with open(os.path.join(model_dir, "transformer", "config.json")) as f:
+            transformer = json.load(f)
+        with open(os.path.join(model_dir, "vae", "config.json")) as f:
+            vae = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DscoError(f"model.path {model_dir!r} looks like a DiT pipeline but its configs "
+                        f"do not read ({exc}); it needs model_index.json, transformer/config.json "
+                        "and vae/config.json as in a hub checkpoint.") from None
+    num_classes = int(transformer["num_embeds_ada_norm"])
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    id2label = index.get("id2label") or {}
+    names = [str(id2label.get(str(i), i)).split(",")[0] for i in range(num_classes)]
+    return PriorMeta("dit", num_classes, num_classes, int(transformer["sample_size"]) * scale,
+                     int(vae.get("in_channels", 3)), names)
