@@ -86,4 +86,3 @@ def test_the_driver_loads_no_model_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
-
