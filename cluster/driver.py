@@ -170,7 +170,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
         start_actor)
     pending = deque(u for u in units if u.needs_nopt)
     real_only = deque(u for u in units if not u.needs_nopt)
-    running: dict = {}  # status ref -> (actor, unit)
+    running: dict = {}  # status ref -> (actor, unit, output ref)
     writing: dict = {}  # commit ref -> unit
     attempts: Counter = Counter()
     failed: dict[int, str] = {}
