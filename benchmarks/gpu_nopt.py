@@ -9,10 +9,9 @@ For each batch (images optimised together) it times NOpt at the default config's
 one NOpt iteration (t_iter, from runs of 1 and 1 + m iterations) and the final sampling pass
 (t_final), and reports images per second at the default T, batch / (T * t_iter + t_final), the
 cost per image-iteration-step that `dsco plan` uses, and peak GPU memory. The DiT's batches
-(``--batches``) grow until one runs out of memory. It also records peak
-memory for K and 2K steps with and without checkpointing. `--tiny` runs the same code on a tiny
-DiT on CPU (a smoke test of this script, not a measurement). Meant to finish in a few minutes
-on an H100.
+(``--batches``) grow until one runs out of memory. It also records peak memory for K and 2K
+steps with and without checkpointing. `--tiny` runs the same code on a tiny DiT on CPU (a smoke
+test of this script, not a measurement). Meant to finish in a few minutes on an H100.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def read_prior_meta(model_dir: str) -> PriorMeta:
     """The prior's metadata, read without loading weights; a clear error when it is missing.
 
     A DsCo prior directory has ``dsco_prior.json``; a DiT pipeline in the hub layout is
-    described by its own configs (see :mod:`pipeline.latent_prior`).
+    described by its own configs (:func:`dit_meta`; the backend is in :mod:`pipeline.latent_prior`).
     """
     if is_dit_pipeline(model_dir):
         return dit_meta(model_dir)
