@@ -7,13 +7,15 @@ expected quality from the luck of one draw, which single-set comparisons cannot.
 
     python -m benchmarks.selection_noise --out benchmarks/out [--draws 5] [--first-draw 0]
         [--sizes "IPC 50,20%"] [--selector NAME ...] [--study NAME] [--results PATH]
-        [--workers N] [--sets-only]
+        [--workers N] [--sets-only] [--encoder random_conv|trained_convnet|...]
 
 Needs the digits data of a quality-benchmark folder (``dsco bench quality`` makes it). The sets
 go to OUT/<study>/sets.npz (``--study``, default selection-study) and the trainings to
 results.jsonl beside it (resumable; ``--sets-only`` stops after the sets, to train them
 elsewhere with ``benchmarks.set_training``). ``--selector`` (repeatable) limits the study to
-some selectors. Writes ``--results`` (default benchmarks/results/selection_noise.json: per-draw
+some selectors; ``--encoder`` is psi (``doping.encoder``; default random_conv, seeded by the
+draw; ``trained_convnet`` trains the evaluation ConvNet on the train split with the draw's
+seed). Writes ``--results`` (default benchmarks/results/selection_noise.json: per-draw
 accuracies, mean and standard error).
 """
 from __future__ import annotations
@@ -28,12 +30,13 @@ from benchmarks.set_training import read_results, save_sets, saved_meta, train_s
 from pipeline.class_store import InMemoryStore
 from pipeline.config import DopingConfig
 from pipeline.datasets import read_dataset
-from pipeline.doping import boundary_weights, kcenter, mmd_herding, random_pick
+from pipeline.doping import (boundary_weights, facility_location, herding, kcenter, mmd_herding,
+                             random_pick)
 from pipeline.selection import distances_to_other_classes
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "selection_noise.json")
 ARCHS = ("convnet", "mlp")
-BUDGETS = {"IPC 10": lambda n: 10, "IPC 50": lambda n: 50,
+BUDGETS = {"IPC 1": lambda n: 1, "IPC 10": lambda n: 10, "IPC 50": lambda n: 50,
            "20%": lambda n: max(1, round(0.2 * n)), "50%": lambda n: max(1, round(0.5 * n))}
 LEAN = DopingConfig().boundary_weight
 
@@ -51,19 +54,21 @@ SELECTORS = {  # name -> (embeddings, budget, label, draw, other-class distances
     f"mmd, lean {LEAN:g}, kernels x0.25": leaning_mmd(0.25),
     f"mmd, lean {LEAN:g}, kernels x0.1": leaning_mmd(0.1),
     "k-center": lambda e, b, c, s, o: kcenter(e, e[:0], b),
+    "herding": lambda e, b, c, s, o: herding(e, e[:0], b),
+    "facility location": lambda e, b, c, s, o: facility_location(e, e[:0], b),
     "random": lambda e, b, c, s, o: random_pick(len(e), b, s, c),
 }
 
 
-def select_sets(out: str, draws: range, sizes: list[str],
-                selectors: list[str] | None = None) -> list[dict]:
+def select_sets(out: str, draws: range, sizes: list[str], selectors: list[str] | None = None,
+                encoder: str = "random_conv") -> list[dict]:
     """The set of every selector named in ``selectors`` (default: all) for every draw and
-    size, in draw order."""
+    size, in draw order, picked in psi ``encoder``."""
     chosen_selectors = checked_selectors(selectors)
     sets = []
     for draw in draws:
         store = InMemoryStore(os.path.join(out, "data", "train"), "webdataset",
-                              "random_conv", draw, os.path.join(out, "selection-cache"))
+                              encoder, draw, os.path.join(out, "selection-cache"))
         other = distances_to_other_classes(store, DopingConfig())
         for size in sizes:
             for name in chosen_selectors:
@@ -75,6 +80,7 @@ def select_sets(out: str, draws: range, sizes: list[str],
                     images.append(store.images(label)[chosen])
                     labels += [label] * len(chosen)
                 sets.append({"draw": draw, "seed": draw, "size": size, "selector": name,
+                             "encoder": encoder,
                              "images": np.concatenate(images), "labels": np.array(labels)})
         print(f"draw {draw}: sets selected", flush=True)
     return sets
@@ -89,11 +95,12 @@ def checked_selectors(names: list[str] | None) -> list[str]:
     return [name for name in SELECTORS if names is None or name in names]
 
 
-def saved_study(sets_path: str) -> tuple[list[int], list[str], list[str]]:
-    """The draws, sizes and selectors of the sets a study saved."""
+def saved_study(sets_path: str) -> tuple[list[int], list[str], list[str], list[str]]:
+    """The draws, sizes, selectors and encoders of the sets a study saved."""
     tags = saved_meta(sets_path)["tags"]
     return (sorted({t["draw"] for t in tags}), sorted({t["size"] for t in tags}),
-            sorted({t["selector"] for t in tags}))
+            sorted({t["selector"] for t in tags}),
+            sorted({t.get("encoder", "random_conv") for t in tags}))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -124,6 +131,7 @@ def main() -> None:
     parser.add_argument("--results", default=OUT, help="where the summary json goes")
     parser.add_argument("--workers", type=int, default=None, help="training processes")
     parser.add_argument("--sets-only", action="store_true")
+    parser.add_argument("--encoder", default="random_conv", help="psi (doping.encoder)")
     args = parser.parse_args()
     study = os.path.join(args.out, args.study)
     os.makedirs(study, exist_ok=True)
@@ -132,20 +140,21 @@ def main() -> None:
     sizes, selectors = args.sizes.split(","), checked_selectors(args.selector)
     if not os.path.exists(sets_path):
         test = read_dataset(os.path.join(args.out, "data", "test"), "webdataset")
-        save_sets(sets_path, select_sets(args.out, draws, sizes, selectors), test.images,
-                  test.labels, len(test.class_names))
-    elif saved_study(sets_path) != (list(draws), sorted(sizes), sorted(selectors)):
-        raise SystemExit(f"{sets_path} holds a study of other draws, sizes or selectors than "
-                         f"--first-draw {args.first_draw} --draws {args.draws} --sizes "
-                         f"{args.sizes!r} and --selector ask for; move {study} away or pass "
-                         "another --study to start this one.")
+        sets = select_sets(args.out, draws, sizes, selectors, args.encoder)
+        save_sets(sets_path, sets, test.images, test.labels, len(test.class_names))
+    elif saved_study(sets_path) != (list(draws), sorted(sizes), sorted(selectors),
+                                    [args.encoder]):
+        raise SystemExit(f"{sets_path} holds a study of other draws, sizes, selectors or psi "
+                         f"than --first-draw {args.first_draw} --draws {args.draws} --sizes "
+                         f"{args.sizes!r}, --selector and --encoder {args.encoder} ask for; "
+                         f"move {study} away or pass another --study to start this one.")
     if args.sets_only:
         print(f"wrote {sets_path}; train it with python -m benchmarks.set_training")
         return
     train_saved_sets(sets_path, results, ARCHS, args.workers)
     rows = summarise(read_results(results))
     with open(args.results, "w") as f:
-        json.dump({"draws": list(draws), "rows": rows}, f, indent=2)
+        json.dump({"draws": list(draws), "encoder": args.encoder, "rows": rows}, f, indent=2)
     for row in rows:
         print(f"{row['size']:>7} {row['selector']:<32} " + " / ".join(
             f"{row[a]['mean']:.2f} ± {row[a]['stderr']:.2f}" for a in ARCHS))

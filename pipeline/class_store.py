@@ -23,6 +23,7 @@ from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image
 from pipeline.tensors import to_model_space
+from pipeline.trained_encoder import features_from_bytes, train_features
 from pipeline.storage import filesystem, join, read_bytes, read_json, with_retries, write_bytes
 
 META = "meta.json"
@@ -35,7 +36,8 @@ def embedding_tag(listing: list[InputFile], encoder: str, seed: int) -> str:
 
 
 class InMemoryStore:
-    """The whole dataset decoded in memory, embedded once (cached as one Parquet file)."""
+    """The whole dataset decoded in memory, embedded once when first asked (cached as one
+    Parquet file)."""
 
     def __init__(self, input_url: str, layout: str, encoder_name: str, seed: int,
                  cache_url: str, listing: list[InputFile] | None = None):
@@ -43,14 +45,20 @@ class InMemoryStore:
         self.class_names = self.data.class_names
         tag = embedding_tag(self.data.listing, encoder_name, seed)
         self.embeddings_url = join(cache_url, f"embeddings-{tag}.parquet")
+        self.weights_url = join(cache_url, f"encoder-{tag}.safetensors")  # a trained psi's
+        self.seed = seed
         self.encoder = FixedEncoder(encoder_name, self.data.images.shape[-1], seed)
-        self._all = self._load_or_embed()
+        # embedded on first use: a run that dopes nothing (pure NOpt) never needs psi, and a
+        # trained psi costs a classifier's training
+        self._all: np.ndarray | None = None
 
     def class_sizes(self) -> list[int]:
         counts = np.bincount(self.data.labels, minlength=len(self.class_names))
         return [int(n) for n in counts]
 
     def embeddings(self, label: int) -> np.ndarray:
+        if self._all is None:
+            self._all = self._load_or_embed()
         return self._all[self.data.indices_of(label)]
 
     def samples(self, label: int, picks: list[int]) -> list[tuple[str, bytes, str]]:
@@ -66,10 +74,17 @@ class InMemoryStore:
         try:
             table = pq.read_table(io.BytesIO(read_bytes(self.embeddings_url)))
             if table.column("key").to_pylist() == self.data.keys:
+                if self.encoder.needs_training:  # synthetic samples are embedded with it
+                    self.encoder.feature = self._cached_features()
                 self.encoder.scales = json.loads(table.schema.metadata[b"scales"])
                 return np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
         except FileNotFoundError:
             pass
+        if self.encoder.needs_training:
+            self.encoder.feature = train_features(self.data.images, self.data.labels,
+                                                  len(self.class_names), self.seed)
+            # written before the embeddings, so cached embeddings always have their psi
+            write_bytes(self.weights_url, self.encoder.feature.to_bytes())
         images = to_model_space(self.data.images)
         with torch.no_grad():
             vectors = self.encoder.fit(images)(images).numpy()
@@ -80,6 +95,11 @@ class InMemoryStore:
         pq.write_table(table, buf)
         write_bytes(self.embeddings_url, buf.getvalue())
         return vectors
+
+    def _cached_features(self):
+        _, height, _, channels = self.data.images.shape
+        return features_from_bytes(read_bytes(self.weights_url), channels,
+                                   len(self.class_names), height)
 
 
 class ShardedStore:

@@ -95,7 +95,8 @@ class DopingConfig:
     """Selecting real samples to add beside the synthetic ones."""
 
     selector: str = "mmd"  # mmd | facility_location | herding | kcenter | random
-    encoder: str = "random_conv"  # psi: random_conv | pixels | pretrained:<path>
+    # psi: random_conv | pixels | pretrained:<path> | trained_convnet (trained on the input)
+    encoder: str = "random_conv"
     # memory: one actor reads and embeds the whole input (small data); ray_data: the Ray Data
     # embed stage writes Parquet by class and doping loads one class at a time (large data)
     embed: str = "memory"
@@ -152,17 +153,25 @@ class JobConfig:
 
 FEATURE_MAPS = ("random_conv", "pixels", "latent", "pretrained:<path>")
 PRETRAINED = "pretrained:"
+TRAINED_ENCODER = "trained_convnet"  # doping only: psi trained on the run's real data
 
 
-def check_feature_map(name: str, key: str, latent_allowed: bool = True) -> None:
-    """Raise DscoError unless ``name`` is a feature map this project knows (``key`` names the
-    config setting in the message)."""
-    known = name in ("random_conv", "pixels") or (name == "latent" and latent_allowed) or \
-        (name.startswith(PRETRAINED) and len(name) > len(PRETRAINED))
+def check_feature_map(name: str, key: str, latent_allowed: bool = True,
+                      extra: tuple[str, ...] = ()) -> None:
+    """Raise DscoError unless ``name`` is a feature map this project knows, or one of
+    ``extra`` (``key`` names the config setting in the message)."""
+    known = name in ("random_conv", "pixels", *extra) or (name == "latent" and latent_allowed) \
+        or (name.startswith(PRETRAINED) and len(name) > len(PRETRAINED))
     if not known:
-        names = [n for n in FEATURE_MAPS if latent_allowed or n != "latent"]
+        names = [n for n in (*FEATURE_MAPS, *extra) if latent_allowed or n != "latent"]
         raise DscoError(f"{key} {name!r} is unknown; use one of {names} (pretrained:<path> "
                         "loads a local ResNet-18/34/50 weights file).")
+
+
+def check_encoder(name: str) -> None:
+    """Raise DscoError unless ``name`` is a doping encoder psi (a feature map but the latent,
+    or the trained ConvNet)."""
+    check_feature_map(name, "doping.encoder", latent_allowed=False, extra=(TRAINED_ENCODER,))
 
 
 NOPT_INITS = ("inverted", "noise")
@@ -300,9 +309,14 @@ def validate(cfg: JobConfig) -> None:
     _require(nopt.reference_multiplier >= 1, "nopt.reference_multiplier must be >= 1, got "
              f"{nopt.reference_multiplier}.")
     check_feature_map(nopt.feature_map, "nopt.feature_map")
-    check_feature_map(cfg.doping.encoder, "doping.encoder", latent_allowed=False)
+    check_encoder(cfg.doping.encoder)
     _require(cfg.doping.embed in ("memory", "ray_data"), f"doping.embed "
              f"{cfg.doping.embed!r} is unknown; use 'memory' or 'ray_data'.")
+    _require(cfg.doping.encoder != TRAINED_ENCODER or cfg.doping.embed == "memory",
+             f"doping.encoder {TRAINED_ENCODER!r} trains a ConvNet on the whole input in the "
+             "doping actor, which the Ray Data embed stage (doping.embed: ray_data) does not "
+             "hold; use doping.embed: memory for an input that fits in memory, or "
+             "doping.encoder: pretrained:<path> (a ResNet) with ray_data.")
     _require(cfg.doping.selector in SELECTORS, f"doping.selector {cfg.doping.selector!r} is "
              f"unknown; use one of {list(SELECTORS)}.")
     _require(cfg.doping.knn >= 1, f"doping.knn must be >= 1, got {cfg.doping.knn}.")

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.config import PRETRAINED, check_feature_map
+from pipeline.config import PRETRAINED, TRAINED_ENCODER, check_encoder, check_feature_map
 from pipeline.errors import DscoError
 from pipeline.seeding import derive_seed
 
@@ -92,12 +92,18 @@ def _latent_blocks(latents: torch.Tensor) -> list[torch.Tensor]:
 
 
 class FixedEncoder:
-    """psi for doping: one fixed-seed random ConvNet whose blocks are scaled to unit RMS norm
-    on the real data (``fit``), then concatenated, so every block weighs the same in L2."""
+    """psi for doping: one fixed-seed random ConvNet (or another feature map) whose blocks are
+    scaled to unit RMS norm on the real data (``fit``), then concatenated, so every block
+    weighs the same in L2.
+
+    ``trained_convnet`` has no weights until its owner trains them on the labelled input
+    (``pipeline.trained_encoder``) or loads a cached copy, and sets ``feature``."""
 
     def __init__(self, name: str, in_channels: int, seed: int):
-        check_feature_map(name, "doping.encoder", latent_allowed=False)
-        self.feature = FeatureMap(name, in_channels).draw("encoder", seed)
+        check_encoder(name)
+        self.needs_training = name == TRAINED_ENCODER
+        self.feature = None if self.needs_training else \
+            FeatureMap(name, in_channels).draw("encoder", seed)
         self.scales: list[float] | None = None
 
     def to(self, device: torch.device | str) -> "FixedEncoder":

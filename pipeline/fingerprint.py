@@ -14,6 +14,7 @@ HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger o
 # Settings added after outputs were made are left out of the run_id at the value that gives
 # the output those runs had without them, so those runs keep their ids and are not redone.
 LEGACY_VALUES = {("nopt", "mmd_estimator"): "biased", ("nopt", "init_space"): "latent"}
+RANDOM_PICKS_ENCODER = "random_conv"
 
 
 def file_version(path: str) -> list:
@@ -55,6 +56,10 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
         settings.pop("doping")
     elif cfg.doping.selector != "mmd":  # only the mmd selector reads it
         settings["doping"].pop("boundary_weight")
+    if may_dope(cfg) and cfg.doping.selector == "random":
+        # random picks read no psi: every encoder gives the output of the one such runs
+        # were made with before the trained psi existed, so they keep that id
+        settings["doping"]["encoder"] = RANDOM_PICKS_ENCODER
     payload = json.dumps({"config": settings, "input": [f.__dict__ for f in listing],
                           "model": model_rows}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.class_store import InMemoryStore, ShardedStore
 from pipeline.config import DopingConfig
-from pipeline.doping import boundary_weights, other_class_distances, select
+from pipeline.doping import boundary_weights, other_class_distances, random_pick, select
 from pipeline.images import decode_image
 from pipeline.tensors import to_model_space
 from pipeline.planning import ClassBudget, WorkUnit
@@ -55,17 +55,24 @@ class RealDataStage:
             samples.extend(synthetic)
             if budget.real == 0:
                 continue
-            real_vectors = self.store.embeddings(budget.label)
-            picks = select(self.doping.selector, real_vectors,
-                           self._embed_samples(synthetic, real_vectors.shape[1]), budget.real,
-                           seed=self.seed, label=budget.label, k=self.doping.knn,
-                           exact_max=self.doping.exact_max,
-                           target_weights=self._target_weights(budget, real_vectors))
+            picks = self._picks(budget, synthetic)
             name = self.store.class_names[budget.label]
             for rank, (key, data, ext) in enumerate(self.store.samples(budget.label, picks)):
                 samples.append(Sample(real_key(budget.label, rank), budget.label, name, "real",
                                       data, ext, origin=key))
         return UnitOutput(output.unit_id, samples, output.metrics)
+
+    def _picks(self, budget: ClassBudget, synthetic: list[Sample]) -> list[int]:
+        """Positions of the class's real samples to add, in pick order."""
+        if self.doping.selector == "random":  # needs no psi, so a random job never embeds
+            return random_pick(self.store.class_sizes()[budget.label], budget.real, self.seed,
+                               budget.label)
+        real_vectors = self.store.embeddings(budget.label)
+        return select(self.doping.selector, real_vectors,
+                      self._embed_samples(synthetic, real_vectors.shape[1]), budget.real,
+                      seed=self.seed, label=budget.label, k=self.doping.knn,
+                      exact_max=self.doping.exact_max,
+                      target_weights=self._target_weights(budget, real_vectors))
 
     def _target_weights(self, budget: ClassBudget, real_vectors: np.ndarray) -> np.ndarray | None:
         """The mmd selector's boundary lean for one class (None when it is off)."""

@@ -110,6 +110,18 @@ def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting(
     assert run_id_with("nopt.mmd_estimator=biased") != before
 
 
+@pytest.mark.parametrize("selector, matters", [("random", False), ("kcenter", True)])
+def test_the_doping_encoder_is_in_the_run_id_only_for_selectors_that_read_it(selector,
+                                                                             matters):
+    def run_id_with(encoder):
+        return run_id(load_config(None, [*BASE, "size.ipc=50", f"doping.selector={selector}",
+                                         f"doping.encoder={encoder}"]), [], [])
+
+    assert (run_id_with("random_conv") != run_id_with("trained_convnet")) == matters
+    if selector == "random":  # random real runs made before the trained psi keep their id
+        assert run_id_with("trained_convnet") == run_id_with("random_conv") == "92d1c4feeffd0ad4"
+
+
 @pytest.mark.parametrize("overrides, matters", [
     (["size.ipc=10"], True),
     (["size.ipc=10", "nopt.data_free=true"], True),  # herds the model's own samples

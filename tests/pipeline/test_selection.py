@@ -2,6 +2,7 @@
 import numpy as np
 
 from pipeline.config import DopingConfig
+from pipeline.doping import random_pick
 from pipeline.planning import ClassBudget, WorkUnit
 from pipeline.samples import UnitOutput
 from pipeline.selection import RealDataStage
@@ -46,3 +47,15 @@ def test_the_lean_scales_with_the_share_kept():
     # 6 of 120 kept: the strength is a twentieth of the setting, the picks barely move
     assert abs(doped_x(3.0, 6).mean() - doped_x(0.0, 6).mean()) < \
         doped_x(3.0, 60).mean() - doped_x(0.0, 60).mean()
+
+
+def test_random_doping_never_embeds():
+    store = PointStore()
+
+    def no_psi(label):
+        raise AssertionError("random doping read embeddings (a trained psi would be trained)")
+
+    store.embeddings = no_psi
+    stage = RealDataStage(store, DopingConfig(selector="random"), seed=4)
+    out = stage.dope(WorkUnit(0, (ClassBudget(0, 0, 7),), 0, 1), UnitOutput(0))
+    assert [int(s.origin) for s in out.samples] == random_pick(120, 7, 4, 0)
