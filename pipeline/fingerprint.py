@@ -54,12 +54,13 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
     if not may_dope(cfg):  # a pure NOpt run: changing the doping settings reuses its output
         settings.pop("doping")
-    elif cfg.doping.selector != "mmd":  # only the mmd selector reads it
-        settings["doping"].pop("boundary_weight")
-    if may_dope(cfg) and cfg.doping.selector == "random":
-        # random picks read no psi: every encoder gives the output of the one such runs
-        # were made with before the trained psi existed, so they keep that id
-        settings["doping"]["encoder"] = RANDOM_PICKS_ENCODER
+    else:
+        if cfg.doping.selector != "mmd":  # only the mmd selector reads it
+            settings["doping"].pop("boundary_weight")
+        if cfg.doping.selector == "random":
+            # random picks read no psi: every encoder gives the output of the one such runs
+            # were made with before the trained psi existed, so they keep that id
+            settings["doping"]["encoder"] = RANDOM_PICKS_ENCODER
     payload = json.dumps({"config": settings, "input": [f.__dict__ for f in listing],
                           "model": model_rows}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
