@@ -42,6 +42,7 @@ METHODS = {
 FULL = ["size.ipc=null", "size.fraction=1.0", *REAL, "doping.selector=random"]
 # Data-free is defined by a per-class image count; at a fraction of the data it is not.
 SKIP = {("DsCo data-free", "20%"), ("DsCo data-free", "50%")}
+OLD_DOPING = ["doping.selector=mmd", "doping.encoder=random_conv"]
 ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "T=25": ("IPC 10", ["nopt.iterations=25"]),
     "T=50": ("IPC 10", ["nopt.iterations=50"]),
@@ -55,15 +56,18 @@ ABLATIONS = {  # name -> (size, overrides on top of DsCo)
     "init=noise": ("IPC 10", ["nopt.init=noise"]),
     "init herded in pixels": ("IPC 10", ["nopt.init_space=latent"]),
     "IPC 1, init=noise": ("IPC 1", ["nopt.init=noise"]),
-    "IPC 50, core 10 + mmd": ("IPC 50", ["size.synthetic_cap=10"]),
+    "IPC 50, core 10 + mmd": ("IPC 50", ["size.synthetic_cap=10", "doping.selector=mmd"]),
     "IPC 50, core 10 + facility location": ("IPC 50", ["size.synthetic_cap=10",
                                                        "doping.selector=facility_location"]),
     "IPC 50, core 10 + herding": ("IPC 50", ["size.synthetic_cap=10", "doping.selector=herding"]),
     "IPC 50, core 10 + k-center": ("IPC 50", ["size.synthetic_cap=10", "doping.selector=kcenter"]),
     "IPC 50, core 10 + random": ("IPC 50", ["size.synthetic_cap=10", "doping.selector=random"]),
-    "IPC 50, no boundary lean": ("IPC 50", ["doping.boundary_weight=0"]),
-    "20%, no boundary lean": ("20%", ["doping.boundary_weight=0"]),
-    "50%, no boundary lean": ("50%", ["doping.boundary_weight=0"]),
+    # psi for doping: the default k-center in a random ConvNet's psi, and the default until
+    # 2026-11-28 (mmd with its boundary lean, in that psi)
+    "20%, k-center in random psi": ("20%", ["doping.encoder=random_conv"]),
+    "IPC 50, mmd in random psi": ("IPC 50", OLD_DOPING),
+    "20%, mmd in random psi": ("20%", OLD_DOPING),
+    "50%, mmd in random psi": ("50%", OLD_DOPING),
     "20%, core 10": ("20%", ["size.synthetic_cap=10"]),
     "20%, core 20": ("20%", ["size.synthetic_cap=20"]),
     "20%, core 30": ("20%", ["size.synthetic_cap=30"]),

@@ -94,9 +94,12 @@ class NoptConfig:
 class DopingConfig:
     """Selecting real samples to add beside the synthetic ones."""
 
-    selector: str = "mmd"  # mmd | facility_location | herding | kcenter | random
-    # psi: random_conv | pixels | pretrained:<path> | trained_convnet (trained on the input)
-    encoder: str = "random_conv"
+    # kcenter | mmd | facility_location | herding | random. k-center in the trained psi is the
+    # best real-only selection past the crossover (docs/method.md, "A trained psi")
+    selector: str = "kcenter"
+    # psi: trained_convnet (the evaluation ConvNet trained on the input) | random_conv | pixels
+    # | pretrained:<path>. trained_convnet needs embed: memory; large inputs use pretrained
+    encoder: str = "trained_convnet"
     # memory: one actor reads and embeds the whole input (small data); ray_data: the Ray Data
     # embed stage writes Parquet by class and doping loads one class at a time (large data)
     embed: str = "memory"

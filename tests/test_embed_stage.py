@@ -21,7 +21,8 @@ def stores(ray_local, digits_dir, tmp_path_factory):
     data = str(digits_dir / "train")
     out = str(tmp_path_factory.mktemp("embed") / "embeddings")
     meta = embed_with_ray_data(data, "webdataset", list_input(data, "webdataset"),
-                               DopingConfig(), 0, out, use_gpus=False, actors=2)
+                               DopingConfig(encoder="random_conv"), 0, out, use_gpus=False,
+                               actors=2)
     memory = InMemoryStore(data, "webdataset", "random_conv", 0,
                            str(tmp_path_factory.mktemp("cache")))
     return meta, ShardedStore(data, out), memory
@@ -49,7 +50,8 @@ def test_a_run_doped_from_the_embed_stage_equals_the_in_memory_run(ray_local, ti
         cfg = load_config(None, [f"output={tmp_path / embed}", f"model.path={tiny_prior}",
                                  f"input.url={digits_dir / 'train'}", "nopt.iterations=2",
                                  "nopt.ddim_steps=2", "size.ipc=4", "size.doping_fraction=0.5",
-                                 "execution.classes_per_unit=5", f"doping.embed={embed}"])
+                                 "execution.classes_per_unit=5", f"doping.embed={embed}",
+                                 "doping.encoder=random_conv"])
         result = run_job(cfg, progress=False)
         return {s["__key__"]: hashlib.sha256(s["png"]).hexdigest()
                 for s in iter_samples(result.run_url)}

@@ -3,20 +3,27 @@ and shards read back with webdataset and Ray Data."""
 import json
 import shutil
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from cluster.driver import run_job
-from pipeline.config import load_config
+import pipeline.class_store as class_store
+from cluster.driver import input_listing, run_job
+from pipeline.class_store import InMemoryStore
+from pipeline.config import DopingConfig, load_config
 from pipeline.errors import JobFailed
+from pipeline.evaluation import TrainRecipe
 from pipeline.prior_meta import PRIOR_META
 from pipeline.reader import read_index, samples_in_tar
+from pipeline.storage import join
+from pipeline.trained_encoder import train_features
 from tests.conftest import make_tiny_prior, s3_bucket
 
 pytestmark = pytest.mark.ray
+# doping in a random ConvNet's psi: the default trained psi costs about 40 s of training a job
 FAST = ["nopt.iterations=2", "nopt.ddim_steps=2", "nopt.batch_size=32", "size.ipc=2",
-        "execution.classes_per_unit=3", "write.shard_size=7"]
+        "execution.classes_per_unit=3", "write.shard_size=7", "doping.encoder=random_conv"]
 
 
 def job(out, prior, digits_dir, *extra):
@@ -86,11 +93,22 @@ def test_data_free_needs_no_input(ray_local, tiny_prior, tmp_path):
     assert json.loads((Path(result.run_url) / "run_config.json").read_text())["input"]["url"] == ""
 
 
-def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_dir, tmp_path):
+def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_dir, tmp_path,
+                                                  monkeypatch):
+    # the default doping (k-center in the trained psi); the psi is trained here, with a short
+    # recipe, into the job's cache, and the job's DopingSelector must use it, not train its own
     cfg = job(tmp_path, tiny_prior, digits_dir, "size.doping_fraction=1.0",
-              "doping.selector=kcenter")
+              f"doping.encoder={DopingConfig.encoder}")
+    monkeypatch.setattr(class_store, "train_features",
+                        partial(train_features, recipe=TrainRecipe(steps=100)))
+    psi = InMemoryStore(cfg.input.url, cfg.input.layout, cfg.doping.encoder, cfg.seed,
+                        join(cfg.output, "cache"), input_listing(cfg))
+    psi.embeddings(0)
+    weights = Path(psi.weights_url).read_bytes()
     result = run_job(cfg, progress=False)
     assert result.metrics["real"] == 20 and result.metrics["synthetic"] == 0
+    assert [p.name for p in (tmp_path / "cache").glob("encoder-*")] == \
+        [Path(psi.weights_url).name] and Path(psi.weights_url).read_bytes() == weights
     assert result.unit_spans == {} and result.units_by_node == {}  # no NoiseOptimizer ran
     samples = shard_contents(Path(result.run_url)).values()
     origins = {json.loads(s["json"])["origin"] for s in samples}

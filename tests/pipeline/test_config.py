@@ -146,6 +146,7 @@ def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():
     def run_id_with(*overrides):
         return run_id(load_config(None, [*BASE, "size.ipc=50", *overrides]), [], [])
 
-    assert run_id_with("doping.boundary_weight=0") != run_id_with("doping.boundary_weight=1")
+    assert run_id_with("doping.selector=mmd", "doping.boundary_weight=0") \
+        != run_id_with("doping.selector=mmd", "doping.boundary_weight=1")
     assert run_id_with("doping.selector=kcenter", "doping.boundary_weight=0") \
         == run_id_with("doping.selector=kcenter", "doping.boundary_weight=1")

@@ -31,7 +31,8 @@ class PointStore:
 def doped_x(boundary_weight: float, real: int) -> np.ndarray:
     """x coordinates of the class-0 points the stage picks for a budget of ``real``."""
     store = PointStore()
-    stage = RealDataStage(store, DopingConfig(boundary_weight=boundary_weight), seed=0)
+    stage = RealDataStage(store, DopingConfig(selector="mmd", boundary_weight=boundary_weight),
+                          seed=0)
     unit = WorkUnit(0, (ClassBudget(0, 0, real),), 0, 1)
     out = stage.dope(unit, UnitOutput(0))
     return store.points[0][[int(s.origin) for s in out.samples], 0]
