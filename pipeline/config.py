@@ -316,10 +316,11 @@ def validate(cfg: JobConfig) -> None:
     _require(cfg.doping.embed in ("memory", "ray_data"), f"doping.embed "
              f"{cfg.doping.embed!r} is unknown; use 'memory' or 'ray_data'.")
     _require(cfg.doping.encoder != TRAINED_ENCODER or cfg.doping.embed == "memory",
-             f"doping.encoder {TRAINED_ENCODER!r} trains a ConvNet on the whole input in the "
-             "doping actor, which the Ray Data embed stage (doping.embed: ray_data) does not "
-             "hold; use doping.embed: memory for an input that fits in memory, or "
-             "doping.encoder: pretrained:<path> (a ResNet) with ray_data.")
+             f"doping.encoder {TRAINED_ENCODER!r} (the default) trains a ConvNet on the whole "
+             "input in the doping actor, which the Ray Data embed stage (doping.embed: "
+             "ray_data) does not hold; use doping.embed: memory for an input that fits in "
+             "memory, or with ray_data set doping.encoder: pretrained:<path> (a ResNet) or "
+             "random_conv.")
     _require(cfg.doping.selector in SELECTORS, f"doping.selector {cfg.doping.selector!r} is "
              f"unknown; use one of {list(SELECTORS)}.")
     _require(cfg.doping.knn >= 1, f"doping.knn must be >= 1, got {cfg.doping.knn}.")
