@@ -17,6 +17,9 @@ from pipeline.datasets import read_dataset
 from pipeline.prior_training import PriorTrainingConfig, build_unet, train_prior
 
 REPO = Path(__file__).resolve().parents[1]
+# job tests dope in a random ConvNet's psi: the default trained psi costs about 40 s of
+# training a job (tests/test_job_ray.py runs the default once, on a psi it trains itself)
+RANDOM_PSI = "doping.encoder=random_conv"
 S3_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                "AWS_DEFAULT_REGION", "AWS_REQUEST_CHECKSUM_CALCULATION",
                "AWS_RESPONSE_CHECKSUM_VALIDATION")

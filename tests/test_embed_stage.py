@@ -12,6 +12,7 @@ from pipeline.class_store import InMemoryStore, ShardedStore
 from pipeline.config import DopingConfig, load_config
 from pipeline.datasets import count_per_class, list_input
 from pipeline.reader import iter_samples
+from tests.conftest import RANDOM_PSI
 
 pytestmark = pytest.mark.ray
 
@@ -51,7 +52,7 @@ def test_a_run_doped_from_the_embed_stage_equals_the_in_memory_run(ray_local, ti
                                  f"input.url={digits_dir / 'train'}", "nopt.iterations=2",
                                  "nopt.ddim_steps=2", "size.ipc=4", "size.doping_fraction=0.5",
                                  "execution.classes_per_unit=5", f"doping.embed={embed}",
-                                 "doping.encoder=random_conv"])
+                                 RANDOM_PSI])
         result = run_job(cfg, progress=False)
         return {s["__key__"]: hashlib.sha256(s["png"]).hexdigest()
                 for s in iter_samples(result.run_url)}

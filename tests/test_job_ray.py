@@ -18,12 +18,11 @@ from pipeline.prior_meta import PRIOR_META
 from pipeline.reader import read_index, samples_in_tar
 from pipeline.storage import join
 from pipeline.trained_encoder import train_features
-from tests.conftest import make_tiny_prior, s3_bucket
+from tests.conftest import RANDOM_PSI, make_tiny_prior, s3_bucket
 
 pytestmark = pytest.mark.ray
-# doping in a random ConvNet's psi: the default trained psi costs about 40 s of training a job
 FAST = ["nopt.iterations=2", "nopt.ddim_steps=2", "nopt.batch_size=32", "size.ipc=2",
-        "execution.classes_per_unit=3", "write.shard_size=7", "doping.encoder=random_conv"]
+        "execution.classes_per_unit=3", "write.shard_size=7", RANDOM_PSI]
 
 
 def job(out, prior, digits_dir, *extra):

@@ -16,13 +16,13 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipeline.reader import read_index
-from tests.conftest import REPO
+from tests.conftest import RANDOM_PSI, REPO
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 FAST = ["nopt.iterations=2", "nopt.ddim_steps=2", "size.ipc=2", "size.doping_fraction=0.5",
-        "doping.encoder=random_conv"]  # the default trained psi costs ~40 s of training a job
+        RANDOM_PSI]
 
 
 def free_port() -> int:

@@ -20,14 +20,14 @@ from pipeline.config import load_config
 from pipeline.follow import follow_run, webdataset_of_run
 from pipeline.reader import iter_samples, read_index
 from pipeline.storage import read_json
-from tests.conftest import REPO, s3_bucket
+from tests.conftest import RANDOM_PSI, REPO, s3_bucket
 from tests.test_job_ray import FAST
 
 pytestmark = pytest.mark.ray
 DIGITS = str(REPO / "configs" / "digits.yaml")
 SLOW = ["nopt.iterations=10", "nopt.ddim_steps=3", "nopt.batch_size=32", "size.ipc=2",
         "size.doping_fraction=0.5", "execution.classes_per_unit=1", "write.shard_size=50",
-        "doping.encoder=random_conv"]
+        RANDOM_PSI]
 
 
 def sets(out, prior, data, options) -> list[str]:
