@@ -143,3 +143,21 @@ def test_parallel_trainings_match_training_in_the_driver(ray_local):
     assert accs == [evaluate_set(*sets[i], images, labels, 2, [seed], "mlp", recipe)
                     ["accuracies"][0] for i, seed in plan]
     assert accs[0] > max(accs[1:])  # in plan order: set 0 is the learnable one
+
+
+def test_ablation_table_keeps_the_order_ablations_are_declared_in():
+    from benchmarks.quality import ABLATIONS, markdown_tables
+
+    def row(name, size):
+        acc = {"accuracies": [90.0], "mean": 90.0, "std": 0.0}
+        return {"method": f"ablation: {name}", "size": size, "images": 100, "synthetic": 100,
+                "real": 0, "convnet": acc, "mlp": acc}
+
+    chosen = ["T=25", "K=5", "IPC 50, core 10 + mmd", "20%, core 10"]
+    # results.json stores its cells key-sorted, which is not the declared order
+    cells = {f"ablation: {a} @ {ABLATIONS[a][0]}": row(a, ABLATIONS[a][0])
+             for a in sorted(chosen)}
+    table = markdown_tables({"cells": cells, "settings": {"seeds": [0]}})
+    rows = table.split("| setting |", 1)[1].splitlines()[2:]
+    listed = [line.split(" | ")[0][2:] for line in rows if line]
+    assert listed == [a for a in ABLATIONS if a in chosen]
