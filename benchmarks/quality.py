@@ -253,8 +253,8 @@ def markdown_tables(results: dict) -> str:
         full = cells["full train set @ 100%"]
         lines += ["", f"Full train set ({full['images']} images): {fmt(full)}."]
     # in ABLATIONS' order, which groups the rows by what they vary (results.json sorts keys)
-    ablations = [cells[f"ablation: {a} @ {size}"] for a, (size, _) in ABLATIONS.items()
-                 if f"ablation: {a} @ {size}" in cells]
+    ablations = [cells[key] for a, (size, _) in ABLATIONS.items()
+                 if (key := f"ablation: {a} @ {size}") in cells]
     if ablations:
         lines += ["", "Ablations (DsCo with one setting changed; one set, job seed 0, trained "
                   "with every classifier seed of the main table):", "",
