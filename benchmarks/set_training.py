@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -70,7 +71,12 @@ def train_saved_sets(path: str, results: str, archs: tuple[str, ...] = ("convnet
     rows = read_results(results)
     done = {(r["index"], r["arch"]) for r in rows}
     jobs = [(i, arch) for i in range(len(tags)) for arch in archs if (i, arch) not in done]
-    with ProcessPoolExecutor(workers or os.cpu_count()) as pool, open(results, "a") as out:
+    # spawned, not forked: a child forked from a process that has touched CUDA (the GPU
+    # benchmarks build their sets first) fails its first optimizer step with "CUDA error:
+    # initialization error", as seen on an H200 machine
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=spawn) as pool, \
+            open(results, "a") as out:
         futures = {pool.submit(_train_one, path, i, meta["num_classes"], arch, tags[i]["seed"],
                                recipe): (i, arch)
                    for i, arch in jobs}

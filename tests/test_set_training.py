@@ -31,3 +31,23 @@ def test_saved_sets_train_in_processes_like_in_the_driver_and_resume(tmp_path):
     assert sorted((r["name"], r["arch"]) for r in read_results(results)) == sorted(
         (s["name"], a) for s in sets for a in ("mlp", "convnet"))
     assert len(rows) == 4
+
+
+def test_trainings_run_in_fresh_processes_not_in_forks_of_the_caller(tmp_path, monkeypatch):
+    """A GPU benchmark builds its sets with CUDA and then trains them: a worker forked from
+    that process fails its first optimizer step. Workers must start fresh. The caller's state
+    here is a patched trainer that a forked worker would inherit and fail on."""
+    import benchmarks.set_training as set_training
+
+    def leaked(*args, **kwargs):
+        raise RuntimeError("the caller's in-process state reached a training worker")
+
+    monkeypatch.setattr(set_training, "evaluate_set", leaked)
+    labels = np.repeat([0, 1], 4)
+    images = (labels[:, None, None, None] * 200).astype(np.uint8).repeat(8, 1).repeat(8, 2)
+    path, results = str(tmp_path / "sets.npz"), str(tmp_path / "results.jsonl")
+    save_sets(path, [{"images": images, "labels": labels, "seed": 0}], images, labels, 2)
+
+    rows = train_saved_sets(path, results, ("mlp",), workers=1, recipe=TrainRecipe(steps=5))
+
+    assert [r["arch"] for r in rows] == ["mlp"] and 0 <= rows[0]["accuracy"] <= 100
