@@ -1,5 +1,6 @@
 import numpy as np
 
+import benchmarks.set_training as set_training
 from benchmarks.set_training import read_results, save_sets, train_saved_sets
 from pipeline.evaluation import TrainRecipe, evaluate_set
 
@@ -37,8 +38,6 @@ def test_trainings_run_in_fresh_processes_not_in_forks_of_the_caller(tmp_path, m
     """A GPU benchmark builds its sets with CUDA and then trains them: a worker forked from
     that process fails its first optimizer step. Workers must start fresh. The caller's state
     here is a patched trainer that a forked worker would inherit and fail on."""
-    import benchmarks.set_training as set_training
-
     def leaked(*args, **kwargs):
         raise RuntimeError("the caller's in-process state reached a training worker")
 
