@@ -6,7 +6,8 @@ import pytest
 
 BENCHMARK_COMMANDS = ["benchmarks.paired_ablation", "benchmarks.more_draws",
                       "benchmarks.selection_noise", "benchmarks.set_training",
-                      "benchmarks.nopt_throughput", "benchmarks.gpu_nopt", "benchmarks.gpu_digits"]
+                      "benchmarks.nopt_throughput", "benchmarks.gpu_nopt", "benchmarks.gpu_digits",
+                      "benchmarks.compare_runs"]
 
 
 @pytest.mark.parametrize("module", BENCHMARK_COMMANDS)
