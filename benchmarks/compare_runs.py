@@ -39,13 +39,13 @@ def compare_cells(new: dict, old: dict, sigmas: float, floor: float) -> dict:
         if unequal:
             not_comparable.append(f"{name} (different {', '.join(unequal)})")
             continue
-        row = {"cell": name, "differs": False, "one_set": _one_set(a) and _one_set(b)}
+        row = {"cell": name, "one_set": _one_set(a) and _one_set(b)}
         for arch in ARCHS:
             diff = paired_difference(a[arch]["accuracies"], b[arch]["accuracies"])
             bound = max(sigmas * (diff["stderr"] or 0.0), floor)
             row[arch] = {"new": a[arch]["mean"], "old": b[arch]["mean"], **diff,
                          "differs": abs(diff["mean"]) > bound}
-            row["differs"] = row["differs"] or row[arch]["differs"]
+        row["differs"] = any(row[arch]["differs"] for arch in ARCHS)
         rows.append(row)
     return {"rows": rows, "only_new": sorted(set(new_cells) - set(old_cells)),
             "only_old": sorted(set(old_cells) - set(new_cells)),
@@ -53,8 +53,8 @@ def compare_cells(new: dict, old: dict, sigmas: float, floor: float) -> dict:
 
 
 def _one_set(cell: dict) -> bool:
-    return len(set(cell.get("run_ids", []))) == 1 and cell.get("trainings_per_set", 1) * len(
-        cell["seeds"]) > 1
+    """One built set trained several times (an ablation row)."""
+    return len(set(cell.get("run_ids", []))) == 1 and len(cell["convnet"]["accuracies"]) > 1
 
 
 def failing(comparison: dict) -> list[str]:
