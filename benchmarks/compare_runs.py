@@ -89,11 +89,18 @@ def markdown(comparison: dict, sigmas: float, floor: float) -> str:
 
 
 def load_results(path: str) -> dict:
-    """A benchmark's results.json; exits with a message naming the path when it is missing."""
-    results = read_json(path)
-    if results is None or "cells" not in results:
-        raise SystemExit(f"{path} is not a quality benchmark's results.json (no 'cells'): pass "
-                         "the results.json that `dsco bench quality --out DIR` wrote in DIR.")
+    """A benchmark's results.json; exits with a message naming the path when it is missing,
+    not JSON (a copy cut short, say) or not a benchmark's result."""
+    fix = "pass the results.json that `dsco bench quality --out DIR` wrote in DIR."
+    try:
+        results = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SystemExit(f"{path} is not valid JSON ({err}): it may have been cut short while "
+                         f"copying; {fix}") from err
+    if results is None:
+        raise SystemExit(f"{path} does not exist: {fix}")
+    if not isinstance(results, dict) or "cells" not in results:
+        raise SystemExit(f"{path} is not a quality benchmark's results.json (no 'cells'): {fix}")
     return results
 
 

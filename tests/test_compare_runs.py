@@ -73,3 +73,16 @@ def test_a_file_that_is_not_a_benchmark_result_is_named(tmp_path):
     stray.write_text(json.dumps({"rows": []}))
     with pytest.raises(SystemExit, match="other.json is not a quality benchmark's results.json"):
         main([str(stray), str(stray)])
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"cells": {"DsCo @ IPC 10": {"conv', "cut.json is not valid JSON"),
+    (None, "cut.json does not exist"),
+    ("[1, 2]", "cut.json is not a quality benchmark's results.json"),
+])
+def test_a_cut_short_missing_or_foreign_file_is_named(tmp_path, content, message):
+    path = tmp_path / "cut.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        main([str(path), str(path)])
