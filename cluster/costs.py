@@ -16,27 +16,37 @@ class StepCost:
     seconds: float
     device: str
     source: str
+    guided: bool = False  # measured with classifier-free guidance (both passes included)
 
 
-def measured_step_cost(kind: str, accelerator: str) -> StepCost | None:
-    """The measured cost for prior ``kind`` on ``accelerator`` (``gpu`` or ``cpu``), if any."""
+def measured_step_cost(kind: str, accelerator: str, guided: bool = False) -> StepCost | None:
+    """The measured cost for prior ``kind`` on ``accelerator`` (``gpu`` or ``cpu``), if any.
+    With ``guided``, a cost measured with classifier-free guidance where one exists (on a GPU
+    its two passes share a batch and cost far less than twice one); the caller doubles an
+    unguided cost itself."""
     if accelerator == "gpu":
-        return _gpu_cost(kind)
+        return _gpu_cost(kind, guided)
     return _cpu_cost(kind)
 
 
-def _gpu_cost(kind: str) -> StepCost | None:
+def _gpu_cost(kind: str, guided: bool) -> StepCost | None:
     path = RESULTS / "gpu_nopt.json"
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    rows = [r for r in result["rows"]
-            if r["kind"] == kind and r["guidance"] == 1.0 and not r.get("oom")]
+    rows = [r for r in result["rows"] if r["kind"] == kind and not r.get("oom")]
+    guided_rows = [r for r in rows if r["guidance"] != 1.0]
+    if guided and guided_rows:
+        rows = guided_rows
+    else:
+        rows = [r for r in rows if r["guidance"] == 1.0]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["seconds_per_image_step"])
     return StepCost(best["seconds_per_image_step"], f"{result['device']}, {result['dtype']}, "
-                    f"batch {best['batch']}", f"benchmarks/results/{path.name}")
+                    f"batch {best['batch']}"
+                    + (f", guidance {best['guidance']:g}" if best["guidance"] != 1.0 else ""),
+                    f"benchmarks/results/{path.name}", guided=best["guidance"] != 1.0)
 
 
 def _cpu_cost(kind: str) -> StepCost | None:

@@ -109,7 +109,8 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     if kind is None:
         return ("estimate: unavailable (the prior's kind is unknown: model.path is missing; "
                 "set model.kind)")
-    cost = measured_step_cost(kind, device)
+    guided = cfg.nopt.guidance != 1.0
+    cost = measured_step_cost(kind, device, guided)
     if cost is None:
         return f"estimate: unavailable (no measured NOpt cost for a {kind!r} prior on {device})"
     steps = cfg.nopt.ddim_steps
@@ -117,9 +118,9 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     forward_only = synthetic * steps if cfg.nopt.iterations == 0 else 0
     if cfg.nopt.data_free and synthetic:
         forward_only += cfg.nopt.reference_multiplier * synthetic * steps
-    # classifier-free guidance runs the network twice per step
-    guided = 2 if cfg.nopt.guidance != 1.0 else 1
-    hours = guided * (optimised + FORWARD_SHARE * forward_only) * cost.seconds / 3600
+    # classifier-free guidance runs the network twice per step, unless measured with it
+    passes = 2 if guided and not cost.guided else 1
+    hours = passes * (optimised + FORWARD_SHARE * forward_only) * cost.seconds / 3600
     unit = "GPU-hours" if device == "gpu" else "CPU-slot-hours"
     return (f"estimate: {hours:.3g} {unit} of NOpt ({hours / max(1, actors):.3g} h wall on "
             f"{actors} actor(s)), at {cost.seconds:.3g} s per image-iteration-step measured on "

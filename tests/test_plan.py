@@ -69,3 +69,22 @@ def test_the_imagenet_configs_plan_without_their_data_or_model(capsys, name, syn
     assert code == 0
     assert f"({synthetic} synthetic" in out and "GPU-hours of NOpt" in out
     assert "note: model missing" in out and "note: input missing" in out
+
+
+def test_guidance_uses_the_cost_measured_with_it_on_a_gpu_and_doubles_an_unguided_one(capsys):
+    def estimate(*sets: str) -> float:
+        args = [a for s in sets for a in ("--set", s)]
+        assert main(["plan", str(REPO / "configs" / "imagenet1k-ipc10.yaml"), *args]) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith("estimate:"))
+        return float(line.split()[1])
+
+    measured = json.loads((RESULTS / "gpu_nopt.json").read_text())
+    dit = [r for r in measured["rows"] if r["kind"] == "dit" and not r.get("oom")]
+    per_step = {guided: min(r["seconds_per_image_step"] for r in dit
+                            if (r["guidance"] != 1.0) == guided) for guided in (False, True)}
+    unguided, guided = estimate(), estimate("nopt.guidance=4.0")
+    assert guided / unguided == pytest.approx(per_step[True] / per_step[False], rel=0.01)
+    assert guided < 2 * unguided
+    cpu = ["execution.accelerator=cpu", "model.kind=pixel_unet"]
+    assert estimate(*cpu, "nopt.guidance=2.0") == pytest.approx(2 * estimate(*cpu), rel=0.01)
