@@ -13,7 +13,9 @@ different builds of that set, so its standard error leaves out how far the set i
 between builds (up to about 1 point on the MLP at IPC 10): such cells are marked but do not
 set the exit status. Prints a markdown table (also written to FILE) with cells found in only
 one run or not comparable listed under it, and exits 1 when a comparable cell of several sets
-differs, else 0.
+differs, or when a cell of OLD is missing from NEW or cannot be paired with it (the run does not
+reproduce the whole table; ``--partial`` checks only the cells both have, as for a run still
+going), else 0.
 """
 from __future__ import annotations
 
@@ -60,6 +62,11 @@ def _one_set(cell: dict) -> bool:
 def failing(comparison: dict) -> list[str]:
     """Cells of several sets that differ: the ones that say a run does not reproduce."""
     return [row["cell"] for row in comparison["rows"] if row["differs"] and not row["one_set"]]
+
+
+def unreproduced(comparison: dict) -> list[str]:
+    """Cells of the old run the new one lacks or cannot be paired on."""
+    return comparison["only_old"] + comparison["not_comparable"]
 
 
 def markdown(comparison: dict, sigmas: float, floor: float) -> str:
@@ -114,14 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", type=float, default=0.3,
                         help="accuracy points always allowed (default 0.3)")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--partial", action="store_true",
+                        help="check only the cells both runs have (a run still going); by "
+                             "default a cell of OLD missing from NEW fails the check")
     args = parser.parse_args(argv)
-    comparison = compare_cells(load_results(args.new), load_results(args.old),
-                               args.sigmas, args.floor)
+    old = load_results(args.old)
+    comparison = compare_cells(load_results(args.new), old, args.sigmas, args.floor)
     text = markdown(comparison, args.sigmas, args.floor)
+    missing = unreproduced(comparison)
+    if missing and not args.partial:
+        text += (f"Not a full reproduction: the new run lacks or cannot pair {len(missing)} of "
+                 f"the old run's {len(old['cells'])} cells (listed above); --partial checks only "
+                 "the cells both runs have.\n")
     print(text, end="")
     if args.markdown:
         write_bytes(args.markdown, text.encode())
-    return int(bool(failing(comparison)))
+    return int(bool(failing(comparison)) or (bool(missing) and not args.partial))
 
 
 if __name__ == "__main__":

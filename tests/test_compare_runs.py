@@ -86,3 +86,13 @@ def test_a_cut_short_missing_or_foreign_file_is_named(tmp_path, content, message
         path.write_text(content)
     with pytest.raises(SystemExit, match=message):
         main([str(path), str(path)])
+
+
+def test_a_run_missing_cells_of_the_old_one_fails_unless_partial(tmp_path, capsys):
+    both = {"DsCo @ IPC 10": cell(CONVNET, MLP)}
+    old = write(tmp_path / "old.json", {**both, "herding @ IPC 1": cell(CONVNET, MLP)})
+    new = write(tmp_path / "new.json", both)
+    assert main([new, old]) == 1
+    assert "lacks or cannot pair 1 of the old run's 2 cells" in capsys.readouterr().out
+    assert main([new, old, "--partial"]) == 0
+    assert main([old, new]) == 0  # cells only in the new run are listed, not failed
