@@ -36,17 +36,15 @@ def _gpu_cost(kind: str, guided: bool) -> StepCost | None:
     result = json.loads(path.read_text())
     rows = [r for r in result["rows"] if r["kind"] == kind and not r.get("oom")]
     guided_rows = [r for r in rows if r["guidance"] != 1.0]
-    if guided and guided_rows:
-        rows = guided_rows
-    else:
-        rows = [r for r in rows if r["guidance"] == 1.0]
+    rows = guided_rows if guided and guided_rows else [r for r in rows if r["guidance"] == 1.0]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["seconds_per_image_step"])
+    measured_guided = best["guidance"] != 1.0
     return StepCost(best["seconds_per_image_step"], f"{result['device']}, {result['dtype']}, "
                     f"batch {best['batch']}"
-                    + (f", guidance {best['guidance']:g}" if best["guidance"] != 1.0 else ""),
-                    f"benchmarks/results/{path.name}", guided=best["guidance"] != 1.0)
+                    + (f", guidance {best['guidance']:g}" if measured_guided else ""),
+                    f"benchmarks/results/{path.name}", guided=measured_guided)
 
 
 def _cpu_cost(kind: str) -> StepCost | None:
