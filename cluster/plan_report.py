@@ -114,7 +114,10 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     if cost is None:
         return f"estimate: unavailable (no measured NOpt cost for a {kind!r} prior on {device})"
     steps = cfg.nopt.ddim_steps
-    optimised = synthetic * cfg.nopt.iterations * steps
+    # fitting the inverted start costs what an iteration does (an upper bound: only samples
+    # with a reference to invert are fitted)
+    fit_steps = cfg.nopt.start_fit_steps if cfg.nopt.starts_from_references else 0
+    optimised = synthetic * (cfg.nopt.iterations + fit_steps) * steps
     forward_only = synthetic * steps if cfg.nopt.iterations == 0 else 0
     if cfg.nopt.data_free and synthetic:
         forward_only += cfg.nopt.reference_multiplier * synthetic * steps

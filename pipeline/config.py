@@ -66,6 +66,9 @@ class NoptConfig:
     # random ConvNet, its blocks scaled to unit RMS on the class's reference) or "latent"
     # (the model's latent; pixels for a pixel prior)
     init_space: str = "random_conv"
+    # Adam steps fitting the inverted start so the sampler reproduces its herded references
+    # (DDIM inversion at few steps is approximate); 0 keeps the plain inversion
+    start_fit_steps: int = 0
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
@@ -300,6 +303,8 @@ def validate(cfg: JobConfig) -> None:
              f"{list(NOPT_INITS)}.")
     _require(nopt.init_space in INIT_SPACES, f"nopt.init_space {nopt.init_space!r} is "
              f"unknown; use one of {list(INIT_SPACES)}.")
+    _require(nopt.start_fit_steps >= 0, f"nopt.start_fit_steps must be >= 0, got "
+             f"{nopt.start_fit_steps}.")
     _require(nopt.mmd_estimator in MMD_ESTIMATORS, f"nopt.mmd_estimator "
              f"{nopt.mmd_estimator!r} is unknown; use one of {list(MMD_ESTIMATORS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")

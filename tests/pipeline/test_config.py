@@ -36,6 +36,7 @@ def test_set_output_redirects_the_run():
     ("nopt.init=kmeans", "nopt.init 'kmeans' is unknown"),
     ("nopt.init_space=pixels", "nopt.init_space 'pixels' is unknown"),
     ("nopt.mmd_estimator=u", "nopt.mmd_estimator 'u' is unknown"),
+    ("nopt.start_fit_steps=-3", "nopt.start_fit_steps must be >= 0, got -3"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
     ("doping.boundary_weight=.inf", "doping.boundary_weight must be a number >= 0"),
@@ -133,13 +134,14 @@ def test_the_doping_encoder_is_in_the_run_id_only_for_selectors_that_read_it(sel
     (["size.ipc=10", "size.doping_fraction=1.0"], True),
     (["size.ipc=50"], True),
 ])
-def test_the_init_space_is_in_the_run_id_only_where_it_can_change_the_output(overrides,
-                                                                             matters):
-    def run_id_with(space):
-        return run_id(load_config(None, [*BASE, *overrides, f"nopt.init_space={space}"]), [],
-                      [])
+@pytest.mark.parametrize("setting, values", [
+    ("init_space", ("random_conv", "latent")), ("start_fit_steps", (0, 20))])
+def test_the_start_settings_are_in_the_run_id_only_where_they_can_change_the_output(
+        overrides, matters, setting, values):
+    def run_id_with(value):
+        return run_id(load_config(None, [*BASE, *overrides, f"nopt.{setting}={value}"]), [], [])
 
-    assert (run_id_with("random_conv") != run_id_with("latent")) == matters
+    assert (run_id_with(values[0]) != run_id_with(values[1])) == matters
 
 
 def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from pipeline.config import NoptConfig
@@ -6,8 +7,9 @@ from pipeline.tensors import to_model_space
 from pipeline.ddim import ddim_invert, ddim_sample
 from pipeline.features import FixedEncoder
 from pipeline.kernels import mmd_herding
-from pipeline.nopt import (data_free_reference, initial_noise, mmd2, optimize_classes,
-                           sample_images, shell_penalty, starting_noise)
+from pipeline.nopt import (_class_slices, data_free_reference, fit_start, initial_noise, mmd2,
+                           optimize_classes, sample_images, shell_penalty, start_and_targets,
+                           starting_noise)
 from pipeline.prior import load_prior
 
 
@@ -90,9 +92,10 @@ def test_nopt_reduces_the_mmd_and_is_deterministic(trained_tiny_prior, digits_di
     assert all(torch.equal(a.images, b.images) for a, b in zip(first, again))
 
 
-def test_batched_classes_match_one_class_at_a_time(tiny_prior):
+@pytest.mark.parametrize("fit_steps", [0, 2])
+def test_batched_classes_match_one_class_at_a_time(tiny_prior, fit_steps):
     backend = load_prior(str(tiny_prior))
-    cfg = NoptConfig(iterations=3, ddim_steps=2)
+    cfg = NoptConfig(iterations=3, ddim_steps=2, start_fit_steps=fit_steps)
     refs = {0: _reference(0), 5: _reference(5)}
     together = optimize_classes(backend, {0: 2, 5: 3}, refs, cfg, seed=0)
     alone = [optimize_classes(backend, {c: n}, refs, cfg, seed=0)[0] for c, n in ((0, 2), (5, 3))]
@@ -165,3 +168,43 @@ def test_the_random_conv_start_herds_in_psi_space(tiny_prior):
     start = starting_noise(backend, 1, 3, 4, reference, NoptConfig(ddim_steps=2,
                            init_space="random_conv"), condition=3)
     assert torch.allclose(start, ddim_invert(backend, reference[picks], labels, 2))
+
+
+class _GaussianDataModel(_FixedNoiseModel):
+    """The exact noise prediction for data ~ N(mean, std^2 I): DDIM is then a smooth map from z
+    to an image, which first-order inversion at a few steps undoes only approximately."""
+
+    def __init__(self, backend, mean: torch.Tensor, std: float):
+        self.scheduler, self.mean, self.var = backend.scheduler, mean, std ** 2
+        self.latent_shape, self.device = backend.latent_shape, backend.device
+
+    def predict_noise(self, x, t, labels, guidance):
+        alpha = self.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        shrink = (1 - alpha).sqrt() / (alpha * self.var + 1 - alpha)
+        return (x - alpha.sqrt() * self.mean) * shrink
+
+    def encode(self, images):
+        return images
+
+
+def test_fitting_the_start_brings_its_samples_closer_to_the_inverted_images(tiny_prior):
+    backend = _GaussianDataModel(load_prior(str(tiny_prior)), torch.zeros(1, 1, 8, 8), 0.5)
+    cfg = NoptConfig(ddim_steps=3, start_fit_steps=20, init_space="latent")
+    refs = {2: _reference(2, n=3), 5: _reference(5, n=30)}
+    counts = {2: 5, 5: 4}  # class 2 holds 3 images: its last 2 samples start from noise
+    starts = {c: start_and_targets(backend, 0, c, counts[c], refs[c], cfg, c) for c in counts}
+    targets = {c: starts[c][1] for c in counts}
+    z = torch.cat([starts[c][0] for c in counts])
+    labels = torch.tensor([2] * 5 + [5] * 4)
+    slices = _class_slices(sorted(counts), counts)
+    fitted = fit_start(backend, z, labels, targets, slices, cfg)
+
+    def error(latents, c):
+        rows = slice(slices[c].start, slices[c].start + len(targets[c]))
+        images = ddim_sample(backend, latents[rows], labels[rows], cfg.ddim_steps)
+        return (images - targets[c]).pow(2).sum().item()
+
+    for c in counts:
+        assert error(fitted, c) < 0.5 * error(z, c)
+    assert torch.equal(fitted[3:5], z[3:5])  # no image to fit: left as seeded noise
+    assert torch.equal(fitted, fit_start(backend, z, labels, targets, slices, cfg))
