@@ -71,13 +71,18 @@ def test_the_imagenet_configs_plan_without_their_data_or_model(capsys, name, syn
     assert "note: model missing" in out and "note: input missing" in out
 
 
+def imagenet_estimate(capsys, *sets: str) -> float:
+    """The hours `dsco plan` estimates for the ImageNet IPC 10 config with ``sets`` applied."""
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(["plan", str(REPO / "configs" / "imagenet1k-ipc10.yaml"), *args]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("estimate:"))
+    return float(line.split()[1])
+
+
 def test_guidance_uses_the_cost_measured_with_it_on_a_gpu_and_doubles_an_unguided_one(capsys):
     def estimate(*sets: str) -> float:
-        args = [a for s in sets for a in ("--set", s)]
-        assert main(["plan", str(REPO / "configs" / "imagenet1k-ipc10.yaml"), *args]) == 0
-        line = next(line for line in capsys.readouterr().out.splitlines()
-                    if line.startswith("estimate:"))
-        return float(line.split()[1])
+        return imagenet_estimate(capsys, *sets)
 
     measured = json.loads((RESULTS / "gpu_nopt.json").read_text())
     dit = [r for r in measured["rows"] if r["kind"] == "dit" and not r.get("oom")]
@@ -88,3 +93,11 @@ def test_guidance_uses_the_cost_measured_with_it_on_a_gpu_and_doubles_an_unguide
     assert guided < 2 * unguided
     cpu = ["execution.accelerator=cpu", "model.kind=pixel_unet"]
     assert estimate(*cpu, "nopt.guidance=2.0") == pytest.approx(2 * estimate(*cpu), rel=0.01)
+
+
+def test_fitting_the_start_is_charged_like_iterations_where_a_start_is_inverted(capsys):
+    plain = imagenet_estimate(capsys, "nopt.iterations=100")
+    assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.start_fit_steps=30") \
+        == pytest.approx(1.3 * plain, rel=0.01)
+    assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.start_fit_steps=30",
+                             "nopt.init=noise") == plain
