@@ -5,7 +5,7 @@ G(z) = DDIM(K steps, eta 0) with gradients through every step; loss = sum over f
 of multi-bandwidth Gaussian MMD^2(phi(G(z)), phi(real minibatch)) + lambda * shell penalty;
 Adam on z for T iterations. T = 0 is plain sampling, the built-in baseline. With
 ``nopt.init: inverted`` (the default) z starts at the DDIM inversions of the class's most
-representative reference images instead of at fresh noise (see :func:`starting_noise`).
+representative reference images instead of at fresh noise (see :func:`start_and_targets`).
 """
 from __future__ import annotations
 
@@ -75,14 +75,6 @@ def initial_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
                         for i in range(count)]).to(backend.device)
 
 
-def starting_noise(backend: DiffusionBackend, seed: int, label: int, count: int,
-                   reference: torch.Tensor, cfg: NoptConfig, condition: int,
-                   batch: int = 32) -> torch.Tensor:
-    """z before optimisation for ``count`` samples of class ``label`` (generated as class
-    ``condition``); :func:`start_and_targets` without the targets."""
-    return start_and_targets(backend, seed, label, count, reference, cfg, condition, batch)[0]
-
-
 @torch.no_grad()
 def start_and_targets(backend: DiffusionBackend, seed: int, label: int, count: int,
                       reference: torch.Tensor, cfg: NoptConfig, condition: int,
@@ -125,6 +117,8 @@ def fit_start(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor,
     """
     rows = torch.cat([torch.arange(slices[c].start, slices[c].start + len(t))
                       for c, t in targets.items()]).to(z.device)
+    if len(rows) == 0:  # no class had references to invert
+        return z
     goal = torch.cat(list(targets.values())).to(z.device)
     fitted = z[rows].clone().requires_grad_(True)
     optimizer = torch.optim.Adam([fitted], lr=cfg.learning_rate)

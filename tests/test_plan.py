@@ -81,18 +81,16 @@ def imagenet_estimate(capsys, *sets: str) -> float:
 
 
 def test_guidance_uses_the_cost_measured_with_it_on_a_gpu_and_doubles_an_unguided_one(capsys):
-    def estimate(*sets: str) -> float:
-        return imagenet_estimate(capsys, *sets)
-
     measured = json.loads((RESULTS / "gpu_nopt.json").read_text())
     dit = [r for r in measured["rows"] if r["kind"] == "dit" and not r.get("oom")]
     per_step = {guided: min(r["seconds_per_image_step"] for r in dit
                             if (r["guidance"] != 1.0) == guided) for guided in (False, True)}
-    unguided, guided = estimate(), estimate("nopt.guidance=4.0")
+    unguided, guided = imagenet_estimate(capsys), imagenet_estimate(capsys, "nopt.guidance=4.0")
     assert guided / unguided == pytest.approx(per_step[True] / per_step[False], rel=0.01)
     assert guided < 2 * unguided
     cpu = ["execution.accelerator=cpu", "model.kind=pixel_unet"]
-    assert estimate(*cpu, "nopt.guidance=2.0") == pytest.approx(2 * estimate(*cpu), rel=0.01)
+    assert imagenet_estimate(capsys, *cpu, "nopt.guidance=2.0") \
+        == pytest.approx(2 * imagenet_estimate(capsys, *cpu), rel=0.01)
 
 
 def test_fitting_the_start_is_charged_like_iterations_where_a_start_is_inverted(capsys):

@@ -8,8 +8,7 @@ from pipeline.ddim import ddim_invert, ddim_sample
 from pipeline.features import FixedEncoder
 from pipeline.kernels import mmd_herding
 from pipeline.nopt import (_class_slices, data_free_reference, fit_start, initial_noise, mmd2,
-                           optimize_classes, sample_images, shell_penalty, start_and_targets,
-                           starting_noise)
+                           optimize_classes, sample_images, shell_penalty, start_and_targets)
 from pipeline.prior import load_prior
 
 
@@ -141,7 +140,7 @@ def test_inverted_start_inverts_the_herded_references(tiny_prior):
     backend = load_prior(str(tiny_prior))
     reference = _reference(2, n=6)
     cfg = NoptConfig(ddim_steps=2, init_space="latent")
-    start = starting_noise(backend, 1, 2, 8, reference, cfg, condition=2)
+    start, _ = start_and_targets(backend, 1, 2, 8, reference, cfg, condition=2)
     flat = reference.flatten(1).numpy()
     picks = mmd_herding(flat, flat[:0], 8, 1, 2)
     assert len(picks) == 6  # the reference holds 6 images: the last 2 samples keep noise
@@ -151,7 +150,7 @@ def test_inverted_start_inverts_the_herded_references(tiny_prior):
     assert torch.equal(start[6:], noise[6:])
     assert not torch.allclose(start[:6], noise[:6])
     for plain in (NoptConfig(ddim_steps=2, init="noise"), NoptConfig(ddim_steps=2, iterations=0)):
-        assert torch.equal(starting_noise(backend, 1, 2, 8, reference, plain, 2), noise)
+        assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0], noise)
 
 
 def test_the_random_conv_start_herds_in_psi_space(tiny_prior):
@@ -165,8 +164,8 @@ def test_the_random_conv_start_herds_in_psi_space(tiny_prior):
     psi = FixedEncoder("random_conv", 1, 1).fit(reference)
     picks = picks_in(psi(reference).numpy())
     assert picks != picks_in(reference.flatten(1).numpy())  # the two spaces pick apart here
-    start = starting_noise(backend, 1, 3, 4, reference, NoptConfig(ddim_steps=2,
-                           init_space="random_conv"), condition=3)
+    start, _ = start_and_targets(backend, 1, 3, 4, reference, NoptConfig(
+        ddim_steps=2, init_space="random_conv"), condition=3)
     assert torch.allclose(start, ddim_invert(backend, reference[picks], labels, 2))
 
 
