@@ -189,7 +189,7 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
                         for c in labels_order])
     labels = labels.to(backend.device)
     slices = _class_slices(labels_order, counts)
-    if cfg.start_fit_steps and cfg.starts_from_references:
+    if cfg.start_fit_steps:  # a noise start has no targets: fit_start leaves it as it is
         z = fit_start(backend, z, labels, {c: starts[c][1] for c in labels_order}, slices, cfg)
     z.requires_grad_(cfg.iterations > 0)
     features = FeatureMap(cfg.feature_map, backend.image_shape[0], encode=backend.encode)
