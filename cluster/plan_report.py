@@ -117,7 +117,9 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     # fitting the inverted start costs what an iteration does (an upper bound: only samples
     # with a reference to invert are fitted)
     fit_steps = cfg.nopt.start_fit_steps if cfg.nopt.starts_from_references else 0
-    optimised = synthetic * (cfg.nopt.iterations + fit_steps) * steps
+    # an inverted start part way along the sampler optimises through its last steps only
+    optimised_steps = steps - cfg.nopt.first_sampler_step
+    optimised = synthetic * (cfg.nopt.iterations + fit_steps) * optimised_steps
     forward_only = synthetic * steps if cfg.nopt.iterations == 0 else 0
     if cfg.nopt.data_free and synthetic:
         forward_only += cfg.nopt.reference_multiplier * synthetic * steps

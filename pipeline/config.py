@@ -69,6 +69,12 @@ class NoptConfig:
     # Adam steps fitting the inverted start so the sampler reproduces its herded references
     # (DDIM inversion at few steps is approximate); 0 keeps the plain inversion
     start_fit_steps: int = 0
+    # the sampler step the inverted start sits at: 0 inverts the references to pure noise; k
+    # inverts them only k steps short of it, and NOpt optimises that point through the last
+    # K - k steps (cheaper, and the set stays nearer its references' layout). The Gaussian-shell
+    # penalty (prior_weight) applies at 0 only: a partly denoised point is not N(0, I) noise.
+    # Like init_space, unused where nothing is inverted (init: noise, T = 0)
+    start_step: int = 0
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
@@ -91,6 +97,12 @@ class NoptConfig:
         """Whether NOpt starts from inverted herded references (so ``init_space`` matters):
         not for the noise start, nor for T = 0, which samples plain noise."""
         return self.init != "noise" and self.iterations > 0
+
+    @property
+    def first_sampler_step(self) -> int:
+        """The sampler step NOpt's z enters at: ``start_step`` for an inverted start, else 0
+        (the noise start and plain sampling begin at pure noise)."""
+        return self.start_step if self.starts_from_references else 0
 
 
 @dataclass
@@ -305,6 +317,8 @@ def validate(cfg: JobConfig) -> None:
              f"unknown; use one of {list(INIT_SPACES)}.")
     _require(nopt.start_fit_steps >= 0, f"nopt.start_fit_steps must be >= 0, got "
              f"{nopt.start_fit_steps}.")
+    _require(0 <= nopt.start_step < max(1, nopt.ddim_steps), "nopt.start_step must be in "
+             f"[0, nopt.ddim_steps) = [0, {nopt.ddim_steps}), got {nopt.start_step}.")
     _require(nopt.mmd_estimator in MMD_ESTIMATORS, f"nopt.mmd_estimator "
              f"{nopt.mmd_estimator!r} is unknown; use one of {list(MMD_ESTIMATORS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from pipeline.config import NoptConfig
-from pipeline.ddim import ddim_invert, ddim_sample
+from pipeline.ddim import ddim_advance, ddim_invert, ddim_sample
 from pipeline.features import FeatureMap, FixedEncoder, blocks_in_batches
 from pipeline.kernels import BANDWIDTH_SCALES, mmd_herding
 from pipeline.prior import DiffusionBackend
@@ -85,22 +85,30 @@ def start_and_targets(backend: DiffusionBackend, seed: int, label: int, count: i
     ``inverted``: kernel herding (the mmd selector) picks the ``count`` reference images that
     best match the reference's distribution, in the space ``cfg.init_space`` names, and their
     DDIM inversions are the start, so NOpt refines a representative set instead of a random
-    draw; samples past the reference's size keep Gaussian noise. Images are encoded ``batch``
-    at a time (a latent model's VAE encoder holds large activations at 256 px).
+    draw; samples past the reference's size keep Gaussian noise. With ``cfg.start_step`` k > 0
+    the start is the point k sampler steps along instead of the noise: the references are
+    inverted only that far, and the noise rows run the first k steps. Images are encoded
+    ``batch`` at a time (a latent model's VAE encoder holds large activations at 256 px).
     """
     z = initial_noise(backend, seed, label, count)
-    if not cfg.starts_from_references or len(reference) == 0:
+    if not cfg.starts_from_references:
         return z, reference[:0]
-    if cfg.init_space == "latent":
+    picks: list[int] = []
+    if len(reference) and cfg.init_space == "latent":
         latents = _encode(backend, reference, batch)
         picks = _herd(latents.flatten(1), count, seed, label)
         chosen = latents[picks]
-    else:  # herd in psi, then encode only the picks
+    elif len(reference):  # herd in psi, then encode only the picks
         psi = FixedEncoder("random_conv", reference.shape[1], seed).to(reference.device)
         picks = _herd(psi.fit_embed(reference, batch), count, seed, label)
         chosen = _encode(backend, reference[picks], batch)
-    labels = torch.full((len(picks),), condition, dtype=torch.long, device=backend.device)
-    z[:len(picks)] = ddim_invert(backend, chosen, labels, cfg.ddim_steps)
+    labels = torch.full((count,), condition, dtype=torch.long, device=backend.device)
+    if cfg.start_step and len(picks) < count:  # the noise rows enter part way along too
+        z[len(picks):] = ddim_advance(backend, z[len(picks):], labels[len(picks):],
+                                      cfg.ddim_steps, cfg.start_step, cfg.guidance)
+    if picks:
+        z[:len(picks)] = ddim_invert(backend, chosen, labels[:len(picks)], cfg.ddim_steps,
+                                     cfg.start_step)
     return z, reference[picks]
 
 
@@ -124,7 +132,8 @@ def fit_start(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor,
     optimizer = torch.optim.Adam([fitted], lr=cfg.learning_rate)
     for _ in range(cfg.start_fit_steps):
         images = ddim_sample(backend, fitted, labels[rows], cfg.ddim_steps, cfg.guidance,
-                             use_checkpointing=cfg.checkpointing)
+                             use_checkpointing=cfg.checkpointing,
+                             first_step=cfg.first_sampler_step)
         loss = (images - goal).pow(2).flatten(1).sum(1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,10 +156,12 @@ def _herd(rows: torch.Tensor, count: int, seed: int, label: int) -> list[int]:
 
 @torch.no_grad()
 def sample_images(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor,
-                  cfg: NoptConfig, batch: int = 512) -> torch.Tensor:
-    """Plain (no-grad) DDIM samples for noise ``z`` and per-sample ``labels``, in [-1, 1]."""
+                  cfg: NoptConfig, batch: int = 512, first_step: int = 0) -> torch.Tensor:
+    """Plain (no-grad) DDIM samples for per-sample ``labels`` in [-1, 1], from noise ``z``
+    (or from the point ``first_step`` sampler steps along)."""
     out = [ddim_sample(backend, z[s:s + batch], labels[s:s + batch], cfg.ddim_steps,
-                       cfg.guidance, use_checkpointing=False).clamp(-1, 1)
+                       cfg.guidance, use_checkpointing=False,
+                       first_step=first_step).clamp(-1, 1)
            for s in range(0, len(z), batch)]
     return torch.cat(out)
 
@@ -196,11 +207,14 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     # a fixed feature map sees the same references every iteration: embed them once
     ref_blocks = {c: blocks_in_batches(features.draw(device=backend.device), refs[c])
                   for c in labels_order} if features.fixed else {}
+    first_step = cfg.first_sampler_step
+    # the shell penalty keeps noise on the Gaussian shell; a partly denoised z is not noise
+    prior_weight = cfg.prior_weight if first_step == 0 else 0.0
     optimizer = torch.optim.Adam([z], lr=cfg.learning_rate)
     history: dict[int, list[float]] = {c: [] for c in labels_order}
     for it in range(cfg.iterations):
         fake = ddim_sample(backend, z, labels, cfg.ddim_steps, cfg.guidance,
-                           use_checkpointing=cfg.checkpointing)
+                           use_checkpointing=cfg.checkpointing, first_step=first_step)
         loss = torch.zeros((), device=backend.device)
         for c in labels_order:
             pick = torch.randperm(len(refs[c]), generator=generator(seed, "batch", c, it))
@@ -212,14 +226,14 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
                     real_blocks = phi(refs[c][pick[:cfg.batch_size]])
             match = sum(mmd2(f, r, cfg.unbiased_mmd)
                         for f, r in zip(phi(fake[slices[c]]), real_blocks))
-            loss = loss + match + cfg.prior_weight * shell_penalty(z[slices[c]])
+            loss = loss + match + prior_weight * shell_penalty(z[slices[c]])
             history[c].append(float(match.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if on_iteration is not None:
             on_iteration()
-    images = sample_images(backend, z.detach(), labels, cfg)
+    images = sample_images(backend, z.detach(), labels, cfg, first_step=first_step)
     return [ClassResult(c, images[slices[c]], history[c],
                         final_match(images[slices[c]], refs[c], cfg, seed, c, backend.encode))
             for c in labels_order]

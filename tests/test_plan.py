@@ -99,3 +99,11 @@ def test_fitting_the_start_is_charged_like_iterations_where_a_start_is_inverted(
         == pytest.approx(1.3 * plain, rel=0.01)
     assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.start_fit_steps=30",
                              "nopt.init=noise") == plain
+
+
+def test_a_start_part_way_along_is_charged_for_the_steps_it_optimises_through(capsys):
+    plain = imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10")
+    assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10",
+                             "nopt.start_step=4") == pytest.approx(0.6 * plain, rel=0.01)
+    assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10",
+                             "nopt.start_step=4", "nopt.init=noise") == plain

@@ -37,6 +37,8 @@ def test_set_output_redirects_the_run():
     ("nopt.init_space=pixels", "nopt.init_space 'pixels' is unknown"),
     ("nopt.mmd_estimator=u", "nopt.mmd_estimator 'u' is unknown"),
     ("nopt.start_fit_steps=-3", "nopt.start_fit_steps must be >= 0, got -3"),
+    ("nopt.start_step=10", "nopt.start_step must be in [0, nopt.ddim_steps) = [0, 10), got 10"),
+    ("nopt.start_step=-1", "nopt.start_step must be in [0, nopt.ddim_steps)"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
     ("doping.boundary_weight=.inf", "doping.boundary_weight must be a number >= 0"),
@@ -135,7 +137,8 @@ def test_the_doping_encoder_is_in_the_run_id_only_for_selectors_that_read_it(sel
     (["size.ipc=50"], True),
 ])
 @pytest.mark.parametrize("setting, values", [
-    ("init_space", ("random_conv", "latent")), ("start_fit_steps", (0, 20))])
+    ("init_space", ("random_conv", "latent")), ("start_fit_steps", (0, 20)),
+    ("start_step", (0, 3))])
 def test_the_start_settings_are_in_the_run_id_only_where_they_can_change_the_output(
         overrides, matters, setting, values):
     def run_id_with(value):

@@ -1,10 +1,12 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
 from pipeline.tensors import to_model_space
-from pipeline.ddim import ddim_invert, ddim_sample
+from pipeline.ddim import ddim_advance, ddim_invert, ddim_sample
 from pipeline.features import FixedEncoder
 from pipeline.kernels import mmd_herding
 from pipeline.nopt import (_class_slices, data_free_reference, fit_start, initial_noise, mmd2,
@@ -91,10 +93,11 @@ def test_nopt_reduces_the_mmd_and_is_deterministic(trained_tiny_prior, digits_di
     assert all(torch.equal(a.images, b.images) for a, b in zip(first, again))
 
 
-@pytest.mark.parametrize("fit_steps", [0, 2])
-def test_batched_classes_match_one_class_at_a_time(tiny_prior, fit_steps):
+@pytest.mark.parametrize("fit_steps, start_step", [(0, 0), (2, 0), (0, 1)])
+def test_batched_classes_match_one_class_at_a_time(tiny_prior, fit_steps, start_step):
     backend = load_prior(str(tiny_prior))
-    cfg = NoptConfig(iterations=3, ddim_steps=2, start_fit_steps=fit_steps)
+    cfg = NoptConfig(iterations=3, ddim_steps=2, start_fit_steps=fit_steps,
+                     start_step=start_step)
     refs = {0: _reference(0), 5: _reference(5)}
     together = optimize_classes(backend, {0: 2, 5: 3}, refs, cfg, seed=0)
     alone = [optimize_classes(backend, {c: n}, refs, cfg, seed=0)[0] for c, n in ((0, 2), (5, 3))]
@@ -136,6 +139,32 @@ def test_ddim_inversion_undoes_sampling(tiny_prior):
         assert (z - x).abs().mean() > 0.1  # it did move to the noise end
 
 
+@pytest.mark.parametrize("until_step", [3, 7])
+def test_partial_inversion_undoes_the_last_sampler_steps(tiny_prior, until_step):
+    backend = _FixedNoiseModel(load_prior(str(tiny_prior)),
+                               torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    x = _reference(1, n=5)
+    labels = torch.full((5,), 1)
+    partial = ddim_invert(backend, x, labels, 10, until_step)
+    assert torch.allclose(ddim_sample(backend, partial, labels, 10, first_step=until_step), x,
+                          atol=1e-4)
+    noise = ddim_invert(backend, x, labels, 10)
+    # float32 again: advancing from the noise end divides by sqrt(alpha_bar_999) first
+    assert torch.allclose(ddim_advance(backend, noise, labels, 10, until_step), partial,
+                          atol=1e-2)
+    assert (partial - noise).abs().mean() > 0.1  # a point part way, not the noise
+
+
+def test_sampling_split_at_a_step_is_sampling(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    z, labels = initial_noise(backend, 0, 4, 3), torch.full((3,), 4)
+    midway = ddim_advance(backend, z, labels, 4, 2)
+    with torch.no_grad():
+        whole = ddim_sample(backend, z, labels, 4)
+        assert torch.allclose(ddim_sample(backend, midway, labels, 4, first_step=2), whole,
+                              atol=1e-5)
+
+
 def test_inverted_start_inverts_the_herded_references(tiny_prior):
     backend = load_prior(str(tiny_prior))
     reference = _reference(2, n=6)
@@ -151,6 +180,39 @@ def test_inverted_start_inverts_the_herded_references(tiny_prior):
     assert not torch.allclose(start[:6], noise[:6])
     for plain in (NoptConfig(ddim_steps=2, init="noise"), NoptConfig(ddim_steps=2, iterations=0)):
         assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0], noise)
+    for plain in (NoptConfig(ddim_steps=2, init="noise", start_step=1),
+                  NoptConfig(ddim_steps=2, iterations=0, start_step=1)):  # nothing inverted
+        assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0], noise)
+
+
+def test_a_start_part_way_along_inverts_that_far_and_advances_the_noise_rows(tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    reference = _reference(2, n=6)
+    cfg = NoptConfig(ddim_steps=4, start_step=2, init_space="latent")
+    start, targets = start_and_targets(backend, 1, 2, 8, reference, cfg, condition=2)
+    picks = mmd_herding(reference.flatten(1).numpy(), reference.flatten(1).numpy()[:0], 8, 1, 2)
+    labels = torch.full((8,), 2)
+    assert torch.equal(targets, reference[picks])
+    assert torch.allclose(start[:6], ddim_invert(backend, reference[picks], labels[:6], 4, 2))
+    noise = initial_noise(backend, 1, 2, 8)
+    assert torch.allclose(start[6:], ddim_advance(backend, noise[6:], labels[6:], 4, 2))
+    empty, _ = start_and_targets(backend, 1, 2, 3, reference[:0], cfg, condition=2)
+    assert torch.allclose(empty, ddim_advance(backend, noise[:3], labels[:3], 4, 2))
+
+
+def test_nopt_from_part_way_along_optimises_the_last_steps_without_the_shell_penalty(
+        tiny_prior):
+    backend = load_prior(str(tiny_prior))
+    refs = {3: _reference(3, n=12)}
+    cfg = NoptConfig(iterations=2, ddim_steps=4, start_step=2, prior_weight=0.1)
+    [result] = optimize_classes(backend, {3: 4}, refs, cfg, seed=0)
+    [no_penalty] = optimize_classes(backend, {3: 4}, refs,
+                                    replace(cfg, prior_weight=0.0), seed=0)
+    [from_noise] = optimize_classes(backend, {3: 4}, refs,
+                                    replace(cfg, start_step=0), seed=0)
+    assert torch.equal(result.images, no_penalty.images)
+    assert not torch.allclose(result.images, from_noise.images, atol=1e-3)
+    assert result.images.min() >= -1 and result.images.max() <= 1
 
 
 def test_the_random_conv_start_herds_in_psi_space(tiny_prior):
