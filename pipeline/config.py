@@ -69,12 +69,13 @@ class NoptConfig:
     # Adam steps fitting the inverted start so the sampler reproduces its herded references
     # (DDIM inversion at few steps is approximate); 0 keeps the plain inversion
     start_fit_steps: int = 0
-    # the sampler step the inverted start sits at: 0 inverts the references to pure noise; k
-    # inverts them only k steps short of it, and NOpt optimises that point through the last
-    # K - k steps (cheaper, and the set stays nearer its references' layout). The Gaussian-shell
-    # penalty (prior_weight) applies at 0 only: a partly denoised point is not N(0, I) noise.
-    # Like init_space, unused where nothing is inverted (init: noise, T = 0)
-    start_step: int = 0
+    # where along the sampler the inverted start sits, as a share of its K steps: 0 inverts the
+    # references to pure noise; f inverts them only to step k = floor(f K), and NOpt optimises
+    # that point through the last K - k steps (cheaper, and the set stays nearer its
+    # references' layout). The Gaussian-shell penalty (prior_weight) applies at k = 0 only: a
+    # partly denoised point is not N(0, I) noise. Like init_space, unused where nothing is
+    # inverted (init: noise, T = 0)
+    start_fraction: float = 0.0
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty
@@ -100,9 +101,11 @@ class NoptConfig:
 
     @property
     def first_sampler_step(self) -> int:
-        """The sampler step NOpt's z enters at: ``start_step`` for an inverted start, else 0
-        (the noise start and plain sampling begin at pure noise)."""
-        return self.start_step if self.starts_from_references else 0
+        """The sampler step NOpt's z enters at: floor(``start_fraction`` x K) for an inverted
+        start, else 0 (the noise start and plain sampling begin at pure noise)."""
+        if not self.starts_from_references:
+            return 0
+        return math.floor(self.start_fraction * self.ddim_steps + 1e-9)  # 0.29 x 100 is 29
 
 
 @dataclass
@@ -317,8 +320,8 @@ def validate(cfg: JobConfig) -> None:
              f"unknown; use one of {list(INIT_SPACES)}.")
     _require(nopt.start_fit_steps >= 0, f"nopt.start_fit_steps must be >= 0, got "
              f"{nopt.start_fit_steps}.")
-    _require(0 <= nopt.start_step < max(1, nopt.ddim_steps), "nopt.start_step must be in "
-             f"[0, nopt.ddim_steps) = [0, {nopt.ddim_steps}), got {nopt.start_step}.")
+    _require(0 <= nopt.start_fraction < 1, "nopt.start_fraction must be in [0, 1) (the share "
+             f"of the sampler's steps the inverted start skips), got {nopt.start_fraction}.")
     _require(nopt.mmd_estimator in MMD_ESTIMATORS, f"nopt.mmd_estimator "
              f"{nopt.mmd_estimator!r} is unknown; use one of {list(MMD_ESTIMATORS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")

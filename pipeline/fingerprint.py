@@ -14,7 +14,7 @@ HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger o
 # Settings added after outputs were made are left out of the run_id at the value that gives
 # the output those runs had without them, so those runs keep their ids and are not redone.
 LEGACY_VALUES = {("nopt", "mmd_estimator"): "biased", ("nopt", "init_space"): "latent",
-                 ("nopt", "start_fit_steps"): 0, ("nopt", "start_step"): 0}
+                 ("nopt", "start_fit_steps"): 0, ("nopt", "start_fraction"): 0.0}
 RANDOM_PICKS_ENCODER = "random_conv"
 
 
@@ -52,7 +52,7 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     if not cfg.nopt.starts_from_references:
         settings["nopt"].pop("init_space", None)
         settings["nopt"].pop("start_fit_steps", None)
-        settings["nopt"].pop("start_step", None)
+        settings["nopt"].pop("start_fraction", None)
     # how work is spread over actors does not change what is written; the grouping does
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
     if not may_dope(cfg):  # a pure NOpt run: changing the doping settings reuses its output

@@ -85,9 +85,10 @@ def start_and_targets(backend: DiffusionBackend, seed: int, label: int, count: i
     ``inverted``: kernel herding (the mmd selector) picks the ``count`` reference images that
     best match the reference's distribution, in the space ``cfg.init_space`` names, and their
     DDIM inversions are the start, so NOpt refines a representative set instead of a random
-    draw; samples past the reference's size keep Gaussian noise. With ``cfg.start_step`` k > 0
-    the start is the point k sampler steps along instead of the noise: the references are
-    inverted only that far, and the noise rows run the first k steps. Images are encoded
+    draw; samples past the reference's size keep Gaussian noise. Where
+    ``cfg.first_sampler_step`` k > 0 (``start_fraction``), the start is the point k sampler
+    steps along instead of the noise: the references are inverted only that far, and the
+    noise rows run the first k steps. Images are encoded
     ``batch`` at a time (a latent model's VAE encoder holds large activations at 256 px).
     """
     z = initial_noise(backend, seed, label, count)
@@ -103,12 +104,13 @@ def start_and_targets(backend: DiffusionBackend, seed: int, label: int, count: i
         picks = _herd(psi.fit_embed(reference, batch), count, seed, label)
         chosen = _encode(backend, reference[picks], batch)
     labels = torch.full((count,), condition, dtype=torch.long, device=backend.device)
-    if cfg.start_step and len(picks) < count:  # the noise rows enter part way along too
+    first_step = cfg.first_sampler_step
+    if first_step and len(picks) < count:  # the noise rows enter part way along too
         z[len(picks):] = ddim_advance(backend, z[len(picks):], labels[len(picks):],
-                                      cfg.ddim_steps, cfg.start_step, cfg.guidance)
+                                      cfg.ddim_steps, first_step, cfg.guidance)
     if picks:
         z[:len(picks)] = ddim_invert(backend, chosen, labels[:len(picks)], cfg.ddim_steps,
-                                     cfg.start_step)
+                                     first_step)
     return z, reference[picks]
 
 

@@ -104,6 +104,6 @@ def test_fitting_the_start_is_charged_like_iterations_where_a_start_is_inverted(
 def test_a_start_part_way_along_is_charged_for_the_steps_it_optimises_through(capsys):
     plain = imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10")
     assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10",
-                             "nopt.start_step=4") == pytest.approx(0.6 * plain, rel=0.01)
+                             "nopt.start_fraction=0.4") == pytest.approx(0.6 * plain, rel=0.01)
     assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10",
-                             "nopt.start_step=4", "nopt.init=noise") == plain
+                             "nopt.start_fraction=0.4", "nopt.init=noise") == plain

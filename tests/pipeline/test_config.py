@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
 from pipeline.fingerprint import run_id
 from pipeline.planning import may_dope
@@ -37,8 +37,9 @@ def test_set_output_redirects_the_run():
     ("nopt.init_space=pixels", "nopt.init_space 'pixels' is unknown"),
     ("nopt.mmd_estimator=u", "nopt.mmd_estimator 'u' is unknown"),
     ("nopt.start_fit_steps=-3", "nopt.start_fit_steps must be >= 0, got -3"),
-    ("nopt.start_step=10", "nopt.start_step must be in [0, nopt.ddim_steps) = [0, 10), got 10"),
-    ("nopt.start_step=-1", "nopt.start_step must be in [0, nopt.ddim_steps)"),
+    ("nopt.start_fraction=1", "nopt.start_fraction must be in [0, 1) (the share of the sampler's "
+     "steps the inverted start skips), got 1"),
+    ("nopt.start_fraction=-0.5", "nopt.start_fraction must be in [0, 1)"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
     ("doping.boundary_weight=.inf", "doping.boundary_weight must be a number >= 0"),
@@ -138,7 +139,7 @@ def test_the_doping_encoder_is_in_the_run_id_only_for_selectors_that_read_it(sel
 ])
 @pytest.mark.parametrize("setting, values", [
     ("init_space", ("random_conv", "latent")), ("start_fit_steps", (0, 20)),
-    ("start_step", (0, 3))])
+    ("start_fraction", (0.0, 0.3))])
 def test_the_start_settings_are_in_the_run_id_only_where_they_can_change_the_output(
         overrides, matters, setting, values):
     def run_id_with(value):
@@ -155,3 +156,11 @@ def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():
         != run_id_with("doping.selector=mmd", "doping.boundary_weight=1")
     assert run_id_with("doping.selector=kcenter", "doping.boundary_weight=0") \
         == run_id_with("doping.selector=kcenter", "doping.boundary_weight=1")
+
+
+@pytest.mark.parametrize("fraction, steps, init, first", [
+    (0.5, 10, "inverted", 5), (0.5, 5, "inverted", 2), (0.29, 100, "inverted", 29),
+    (0.0, 10, "inverted", 0), (0.5, 10, "noise", 0)])
+def test_the_start_fraction_names_a_whole_sampler_step(fraction, steps, init, first):
+    cfg = NoptConfig(start_fraction=fraction, ddim_steps=steps, init=init)
+    assert cfg.first_sampler_step == first

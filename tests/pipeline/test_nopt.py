@@ -93,11 +93,11 @@ def test_nopt_reduces_the_mmd_and_is_deterministic(trained_tiny_prior, digits_di
     assert all(torch.equal(a.images, b.images) for a, b in zip(first, again))
 
 
-@pytest.mark.parametrize("fit_steps, start_step", [(0, 0), (2, 0), (0, 1)])
-def test_batched_classes_match_one_class_at_a_time(tiny_prior, fit_steps, start_step):
+@pytest.mark.parametrize("fit_steps, start_fraction", [(0, 0.0), (2, 0.0), (0, 0.5)])
+def test_batched_classes_match_one_class_at_a_time(tiny_prior, fit_steps, start_fraction):
     backend = load_prior(str(tiny_prior))
     cfg = NoptConfig(iterations=3, ddim_steps=2, start_fit_steps=fit_steps,
-                     start_step=start_step)
+                     start_fraction=start_fraction)
     refs = {0: _reference(0), 5: _reference(5)}
     together = optimize_classes(backend, {0: 2, 5: 3}, refs, cfg, seed=0)
     alone = [optimize_classes(backend, {c: n}, refs, cfg, seed=0)[0] for c, n in ((0, 2), (5, 3))]
@@ -180,15 +180,15 @@ def test_inverted_start_inverts_the_herded_references(tiny_prior):
     assert not torch.allclose(start[:6], noise[:6])
     for plain in (NoptConfig(ddim_steps=2, init="noise"), NoptConfig(ddim_steps=2, iterations=0)):
         assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0], noise)
-    for plain in (NoptConfig(ddim_steps=2, init="noise", start_step=1),
-                  NoptConfig(ddim_steps=2, iterations=0, start_step=1)):  # nothing inverted
+    for plain in (NoptConfig(ddim_steps=2, init="noise", start_fraction=0.5),
+                  NoptConfig(ddim_steps=2, iterations=0, start_fraction=0.5)):  # nothing inverted
         assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0], noise)
 
 
 def test_a_start_part_way_along_inverts_that_far_and_advances_the_noise_rows(tiny_prior):
     backend = load_prior(str(tiny_prior))
     reference = _reference(2, n=6)
-    cfg = NoptConfig(ddim_steps=4, start_step=2, init_space="latent")
+    cfg = NoptConfig(ddim_steps=4, start_fraction=0.5, init_space="latent")
     start, targets = start_and_targets(backend, 1, 2, 8, reference, cfg, condition=2)
     picks = mmd_herding(reference.flatten(1).numpy(), reference.flatten(1).numpy()[:0], 8, 1, 2)
     labels = torch.full((8,), 2)
@@ -204,12 +204,12 @@ def test_nopt_from_part_way_along_optimises_the_last_steps_without_the_shell_pen
         tiny_prior):
     backend = load_prior(str(tiny_prior))
     refs = {3: _reference(3, n=12)}
-    cfg = NoptConfig(iterations=2, ddim_steps=4, start_step=2, prior_weight=0.1)
+    cfg = NoptConfig(iterations=2, ddim_steps=4, start_fraction=0.6, prior_weight=0.1)
     [result] = optimize_classes(backend, {3: 4}, refs, cfg, seed=0)
     [no_penalty] = optimize_classes(backend, {3: 4}, refs,
                                     replace(cfg, prior_weight=0.0), seed=0)
     [from_noise] = optimize_classes(backend, {3: 4}, refs,
-                                    replace(cfg, start_step=0), seed=0)
+                                    replace(cfg, start_fraction=0.0), seed=0)
     assert torch.equal(result.images, no_penalty.images)
     assert not torch.allclose(result.images, from_noise.images, atol=1e-3)
     assert result.images.min() >= -1 and result.images.max() <= 1
