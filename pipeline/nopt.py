@@ -88,8 +88,8 @@ def start_and_targets(backend: DiffusionBackend, seed: int, label: int, count: i
     draw; samples past the reference's size keep Gaussian noise. Where
     ``cfg.first_sampler_step`` k > 0 (``start_fraction``), the start is the point k sampler
     steps along instead of the noise: the references are inverted only that far, and the
-    noise rows run the first k steps. Images are encoded
-    ``batch`` at a time (a latent model's VAE encoder holds large activations at 256 px).
+    noise rows run the first k steps. Images are encoded ``batch`` at a time (a latent
+    model's VAE encoder holds large activations at 256 px).
     """
     z = initial_noise(backend, seed, label, count)
     if not cfg.starts_from_references:

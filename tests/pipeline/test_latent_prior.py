@@ -52,13 +52,15 @@ def test_guidance_mixes_the_class_and_the_null_class_predictions(tiny_dit):
     assert (plain - steered).abs().max() > 1e-3
 
 
-def test_nopt_lowers_its_loss_on_tiny_latents(tiny_dit):
+@pytest.mark.parametrize("start_fraction", [0.0, 0.5])  # 0.5: from step 1 of 3, in latents
+def test_nopt_lowers_its_loss_on_tiny_latents(tiny_dit, start_fraction):
     backend = load_prior(str(tiny_dit))
     gen = torch.Generator().manual_seed(1)
     references = {c: torch.rand(32, 3, 32, 32, generator=gen) * 0.5 + (c - 1) * 0.4
                   for c in (1, 2)}
     # pixels: a fixed objective, so its history shows the optimisation (random_conv redraws)
-    cfg = NoptConfig(iterations=12, ddim_steps=3, learning_rate=0.1, feature_map="pixels")
+    cfg = NoptConfig(iterations=12, ddim_steps=3, learning_rate=0.1, feature_map="pixels",
+                     start_fraction=start_fraction)
     results = optimize_classes(backend, {1: 4, 2: 4}, references, cfg, seed=0)
     for result in results:
         assert result.images.shape == (4, 3, 32, 32)
