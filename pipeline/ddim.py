@@ -19,6 +19,16 @@ def _ddim_step(backend: DiffusionBackend, x: torch.Tensor, t: torch.Tensor,
     return backend.scheduler.step(eps, t, x, eta=0.0).prev_sample
 
 
+def _run_steps(backend: DiffusionBackend, x: torch.Tensor, labels: torch.Tensor,
+               timesteps: torch.Tensor, guidance: float, use_checkpointing: bool) -> torch.Tensor:
+    for t in timesteps:
+        if use_checkpointing and torch.is_grad_enabled() and x.requires_grad:
+            x = checkpoint(_ddim_step, backend, x, t, labels, guidance, use_reentrant=False)
+        else:
+            x = _ddim_step(backend, x, t, labels, guidance)
+    return x
+
+
 def ddim_sample(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor, steps: int,
                 guidance: float = 1.0, use_checkpointing: bool = True,
                 first_step: int = 0) -> torch.Tensor:
@@ -30,12 +40,8 @@ def ddim_sample(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor
     so gradients do not vanish at the pixel range edges (clamp when exporting images).
     """
     backend.scheduler.set_timesteps(steps, device=z.device)
-    x = z
-    for t in backend.scheduler.timesteps[first_step:]:
-        if use_checkpointing and torch.is_grad_enabled() and x.requires_grad:
-            x = checkpoint(_ddim_step, backend, x, t, labels, guidance, use_reentrant=False)
-        else:
-            x = _ddim_step(backend, x, t, labels, guidance)
+    x = _run_steps(backend, z, labels, backend.scheduler.timesteps[first_step:], guidance,
+                   use_checkpointing)
     if use_checkpointing and torch.is_grad_enabled() and x.requires_grad:
         return checkpoint(backend.decode, x, use_reentrant=False)  # a VAE decoder is heavy
     return backend.decode(x)
@@ -47,10 +53,8 @@ def ddim_advance(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tenso
     """The first ``until_step`` DDIM steps of a ``steps``-step schedule from noise ``z``, not
     decoded: the point :func:`ddim_sample` with ``first_step=until_step`` continues from."""
     backend.scheduler.set_timesteps(steps, device=z.device)
-    x = z
-    for t in backend.scheduler.timesteps[:until_step]:
-        x = _ddim_step(backend, x, t, labels, guidance)
-    return x
+    return _run_steps(backend, z, labels, backend.scheduler.timesteps[:until_step], guidance,
+                      use_checkpointing=False)
 
 
 @torch.no_grad()
