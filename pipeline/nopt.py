@@ -94,12 +94,13 @@ def start_and_targets(backend: DiffusionBackend, seed: int, label: int, count: i
     z = initial_noise(backend, seed, label, count)
     if not cfg.starts_from_references:
         return z, reference[:0]
-    picks: list[int] = []
-    if len(reference) and cfg.init_space == "latent":
+    if len(reference) == 0:  # nothing to invert: every row is a noise row
+        picks: list[int] = []
+    elif cfg.init_space == "latent":
         latents = _encode(backend, reference, batch)
         picks = _herd(latents.flatten(1), count, seed, label)
         chosen = latents[picks]
-    elif len(reference):  # herd in psi, then encode only the picks
+    else:  # herd in psi, then encode only the picks
         psi = FixedEncoder("random_conv", reference.shape[1], seed).to(reference.device)
         picks = _herd(psi.fit_embed(reference, batch), count, seed, label)
         chosen = _encode(backend, reference[picks], batch)
