@@ -75,7 +75,7 @@ class NoptConfig:
     # references' layout). The Gaussian-shell penalty (prior_weight) applies at k = 0 only: a
     # partly denoised point is not N(0, I) noise. Like init_space, unused where nothing is
     # inverted (init: noise, T = 0)
-    start_fraction: float = 0.0
+    start_fraction: float = 0.5
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
     prior_weight: float = 0.1  # lambda of the Gaussian-shell penalty

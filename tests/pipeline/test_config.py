@@ -97,7 +97,7 @@ def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dope
 
 def test_the_biased_mmd_estimator_keeps_the_run_id_of_runs_made_before_the_setting():
     cfg = load_config(None, [*BASE, "size.ipc=10", "nopt.mmd_estimator=biased",
-                             "nopt.init_space=latent"])
+                             "nopt.init_space=latent", "nopt.start_fraction=0"])  # the old values
     assert run_id(cfg, [], []) == "deb7952979c9b8a6"  # this config's id before the settings
     default = load_config(None, [*BASE, "size.ipc=10"])
     assert default.nopt.mmd_estimator == "unbiased"
@@ -108,10 +108,11 @@ def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting(
     def run_id_with(*overrides):
         return run_id(load_config(None, [*BASE, "size.ipc=10", *overrides]), [], [])
 
-    before = run_id_with("nopt.mmd_estimator=biased", "nopt.init_space=latent")
+    before = run_id_with("nopt.mmd_estimator=biased", "nopt.init_space=latent",
+                         "nopt.start_fraction=0")
     assert before == "deb7952979c9b8a6"  # as in the test above: the id before both settings
     assert load_config(None, BASE).nopt.init_space == "random_conv"
-    assert run_id_with("nopt.mmd_estimator=biased") != before
+    assert run_id_with("nopt.mmd_estimator=biased", "nopt.start_fraction=0") != before
 
 
 @pytest.mark.parametrize("selector, matters", [("random", False), ("kcenter", True)])
@@ -119,7 +120,8 @@ def test_the_doping_encoder_is_in_the_run_id_only_for_selectors_that_read_it(sel
                                                                              matters):
     def run_id_with(encoder):
         return run_id(load_config(None, [*BASE, "size.ipc=50", f"doping.selector={selector}",
-                                         f"doping.encoder={encoder}"]), [], [])
+                                         f"doping.encoder={encoder}",
+                                         "nopt.start_fraction=0"]), [], [])
 
     assert (run_id_with("random_conv") != run_id_with("trained_convnet")) == matters
     if selector == "random":  # random real runs made before the trained psi keep their id
