@@ -63,7 +63,7 @@ class Where:
 
 def job(out, prior):
     return load_config(None, [f"output={out}", f"model.path={prior}", "nopt.data_free=true",
-                              "nopt.iterations=20", "nopt.ddim_steps=4", "nopt.batch_size=16",
+                              "nopt.iterations=40", "nopt.ddim_steps=4", "nopt.batch_size=16",
                               "size.ipc=2", "execution.classes_per_unit=1",
                               "execution.max_retries=3", "write.shard_size=50"])
 

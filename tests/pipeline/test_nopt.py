@@ -168,7 +168,7 @@ def test_sampling_split_at_a_step_is_sampling(tiny_prior):
 def test_inverted_start_inverts_the_herded_references(tiny_prior):
     backend = load_prior(str(tiny_prior))
     reference = _reference(2, n=6)
-    cfg = NoptConfig(ddim_steps=2, init_space="latent")
+    cfg = NoptConfig(ddim_steps=2, init_space="latent", start_fraction=0.0)
     start, _ = start_and_targets(backend, 1, 2, 8, reference, cfg, condition=2)
     flat = reference.flatten(1).numpy()
     picks = mmd_herding(flat, flat[:0], 8, 1, 2)
@@ -178,11 +178,11 @@ def test_inverted_start_inverts_the_herded_references(tiny_prior):
     noise = initial_noise(backend, 1, 2, 8)
     assert torch.equal(start[6:], noise[6:])
     assert not torch.allclose(start[:6], noise[:6])
-    for plain in (NoptConfig(ddim_steps=2, init="noise"), NoptConfig(ddim_steps=2, iterations=0)):
-        assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0], noise)
-    for plain in (NoptConfig(ddim_steps=2, init="noise", start_fraction=0.5),
-                  NoptConfig(ddim_steps=2, iterations=0, start_fraction=0.5)):  # nothing inverted
-        assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0], noise)
+    for fraction in (0.0, 0.5):  # nothing inverted: the start is the noise at any fraction
+        for plain in (NoptConfig(ddim_steps=2, init="noise", start_fraction=fraction),
+                      NoptConfig(ddim_steps=2, iterations=0, start_fraction=fraction)):
+            assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0],
+                               noise)
 
 
 def test_a_start_part_way_along_inverts_that_far_and_advances_the_noise_rows(tiny_prior):
@@ -227,7 +227,7 @@ def test_the_random_conv_start_herds_in_psi_space(tiny_prior):
     picks = picks_in(psi(reference).numpy())
     assert picks != picks_in(reference.flatten(1).numpy())  # the two spaces pick apart here
     start, _ = start_and_targets(backend, 1, 3, 4, reference, NoptConfig(
-        ddim_steps=2, init_space="random_conv"), condition=3)
+        ddim_steps=2, init_space="random_conv", start_fraction=0.0), condition=3)
     assert torch.allclose(start, ddim_invert(backend, reference[picks], labels, 2))
 
 
