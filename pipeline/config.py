@@ -74,7 +74,7 @@ class NoptConfig:
     # that point through the last K - k steps (cheaper, and the set stays nearer its
     # references' layout). The Gaussian-shell penalty (prior_weight) applies at k = 0 only: a
     # partly denoised point is not N(0, I) noise. Like init_space, unused where nothing is
-    # inverted (init: noise, T = 0)
+    # inverted (init: noise, T = 0). 0.5 since the eleventh benchmark run (docs/method.md)
     start_fraction: float = 0.5
     ddim_steps: int = 10  # K
     learning_rate: float = 0.05
