@@ -62,6 +62,7 @@ class Where:
 
 
 def job(out, prior):
+    # 40 iterations: units long enough that a node joining mid-run still finds work
     return load_config(None, [f"output={out}", f"model.path={prior}", "nopt.data_free=true",
                               "nopt.iterations=40", "nopt.ddim_steps=4", "nopt.batch_size=16",
                               "size.ipc=2", "execution.classes_per_unit=1",
