@@ -24,6 +24,7 @@ import sys
 
 from benchmarks.paired_ablation import paired_difference
 from benchmarks.quality import ARCHS
+from pipeline.errors import DscoError
 from pipeline.storage import read_json, write_bytes
 
 PAIRED_KEYS = ("seeds", "trainings_per_set", "recipe")
@@ -101,6 +102,8 @@ def load_results(path: str) -> dict:
     fix = "pass the results.json that `dsco bench quality --out DIR` wrote in DIR."
     try:
         results = read_json(path)
+    except DscoError as err:  # unreadable storage: the message names the path and the fix
+        raise SystemExit(str(err)) from err
     except (ValueError, UnicodeDecodeError) as err:
         raise SystemExit(f"{path} is not valid JSON ({err}): it may have been cut short while "
                          f"copying; {fix}") from err

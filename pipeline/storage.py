@@ -5,6 +5,7 @@ credentials from the usual AWS chain, so no secret ever lands in a config file.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -53,6 +54,10 @@ def with_retries(what: str, fn: Callable[[], T]) -> T:
             return fn()
         except (FileNotFoundError, PermissionError, DscoError):
             raise
+        except io.UnsupportedOperation as exc:  # a pipe or device: retrying cannot help
+            raise DscoError(f"cannot {what}: {str(exc).rstrip('.')}. It is a pipe or special "
+                            "file, not a stored file or object; save it to a regular file (or "
+                            "a bucket) and pass that path.") from exc
         except RETRYABLE as exc:
             if attempt == RETRIES - 1:
                 raise DscoError(f"storage operation failed after {RETRIES} tries: {what}: {exc}. "

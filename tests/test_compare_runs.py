@@ -1,6 +1,7 @@
 """benchmarks.compare_runs: a rerun of the quality benchmark checked cell by cell against
 another."""
 import json
+import os
 
 import pytest
 
@@ -96,3 +97,16 @@ def test_a_run_missing_cells_of_the_old_one_fails_unless_partial(tmp_path, capsy
     assert "lacks or cannot pair 1 of the old run's 2 cells" in capsys.readouterr().out
     assert main([new, old, "--partial"]) == 0
     assert main([old, new]) == 0  # cells only in the new run are listed, not failed
+
+
+def test_a_pipe_is_named_as_a_pipe_not_a_bucket(tmp_path):
+    results = write(tmp_path / "new.json", {"DsCo @ IPC 10": cell(CONVNET, MLP)})
+    reader, writer = os.pipe()
+    os.write(writer, open(results, "rb").read())
+    os.close(writer)
+    try:
+        with pytest.raises(SystemExit, match="is a pipe or special file") as error:
+            main([f"/dev/fd/{reader}", results])
+    finally:
+        os.close(reader)
+    assert "bucket exists" not in str(error.value.code)
