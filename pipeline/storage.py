@@ -20,10 +20,12 @@ from pipeline.errors import DscoError
 T = TypeVar("T")
 RETRIES = 4
 try:  # S3 connection errors are botocore exceptions, not OSError
-    from botocore.exceptions import BotoCoreError
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
     RETRYABLE: tuple[type[BaseException], ...] = (OSError, BotoCoreError)
+    MISSING_CREDENTIALS: tuple[type[BaseException], ...] = (NoCredentialsError,)
 except ImportError:  # pragma: no cover - s3fs is a dependency, but keep local use working
     RETRYABLE = (OSError,)
+    MISSING_CREDENTIALS = ()
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -54,6 +56,11 @@ def with_retries(what: str, fn: Callable[[], T]) -> T:
             return fn()
         except (FileNotFoundError, PermissionError, DscoError):
             raise
+        except MISSING_CREDENTIALS as exc:  # retrying cannot find them either
+            raise DscoError(f"cannot {what}: {exc}: no object-store credentials were found. "
+                            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+                            "or run where an instance role or service account provides them; "
+                            "for an S3-compatible server also set AWS_ENDPOINT_URL.") from exc
         except io.UnsupportedOperation as exc:  # a pipe or device: retrying cannot help
             raise DscoError(f"cannot {what}: {str(exc).rstrip('.')}. It is a pipe or special "
                             "file, not a stored file or object; save it to a regular file (or "

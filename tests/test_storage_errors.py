@@ -1,0 +1,22 @@
+"""Storage errors that no retry can fix are reported at once, with the fix."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_missing_object_store_credentials_are_named_at_once(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_") and k not in ("HOME",)}
+    env.update(HOME=str(tmp_path), AWS_EC2_METADATA_DISABLED="true",  # no instance role
+               AWS_ENDPOINT_URL="http://127.0.0.1:9")  # never reached: signing fails first
+    result = subprocess.run(
+        [sys.executable, "-c", "from pipeline.storage import read_json\n"
+                               "read_json('s3://bucket/run/index.json')"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "no object-store credentials were found" in result.stderr
+    assert "AWS_ACCESS_KEY_ID" in result.stderr
+    assert "after 4 tries" not in result.stderr  # failed at once, not retried
