@@ -106,6 +106,9 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
 
 def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, device: str,
               actors: int) -> str:
+    if synthetic == 0:  # real-only budgets: the prior is never run, so its kind does not matter
+        return ("estimate: no NOpt (every class's budget is real samples); doping and writing "
+                "are not included")
     if kind is None:
         return ("estimate: unavailable (the prior's kind is unknown: model.path is missing; "
                 "set model.kind)")

@@ -110,3 +110,12 @@ def test_a_start_part_way_along_is_charged_for_the_steps_it_optimises_through(ca
                              "nopt.start_fraction=0.4") == pytest.approx(0.6 * plain, rel=0.01)
     assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10",
                              "nopt.start_fraction=0.4", "nopt.init=noise") == plain
+
+
+def test_a_real_only_plan_needs_no_prior_for_its_estimate(capsys, digits_dir, tmp_path):
+    code, out, _ = plan(capsys, "--set", f"model.path={tmp_path / 'no-model'}", "--set",
+                        f"input.url={digits_dir / 'train'}", "--set", "size.ipc=null",
+                        "--set", "size.fraction=0.2")
+    assert code == 0
+    assert "(0 synthetic, 289 real)" in out
+    assert "estimate: no NOpt (every class's budget is real samples)" in out
