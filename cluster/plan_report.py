@@ -100,8 +100,22 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
                  f"{'a DopingSelector' if cfg.uses_real_data() else 'no DopingSelector'} "
                  "(0 CPUs, 0 GPUs, on the head)")
     lines.append(_estimate(cfg, plan, synthetic, counted.kind, device, shape.count))
+    if cfg.uses_real_data():
+        lines.append(_doping(cfg, plan.num_samples - synthetic, counted.real_known))
     lines += [f"note: {n}" for n in counted.notes]
     return "\n".join(lines)
+
+
+def _doping(cfg: JobConfig, real: int, real_known: bool) -> str:
+    """What doping will do: how many real samples it adds, and the psi it embeds the input in."""
+    if real_known and real == 0:
+        return ("doping: none (every budget is synthetic; the real data only gives NOpt its "
+                "references)")
+    trained = (" (trained on the whole input first, with the evaluation ConvNet's recipe)"
+               if cfg.doping.encoder == "trained_convnet" else "")
+    return (f"doping: {real if real_known else '?'} real samples picked by "
+            f"{cfg.doping.selector} in psi = {cfg.doping.encoder}{trained}, after embedding "
+            f"every real sample of the input once (doping.embed: {cfg.doping.embed})")
 
 
 def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, device: str,

@@ -33,6 +33,7 @@ def test_plan_lists_units_actors_and_an_estimate_from_the_measured_cost(capsys, 
     hours = 100 * 100 * 5 * per_step / 3600
     assert f"estimate: {hours:.3g} CPU-slot-hours" in out
     assert "class sizes counted in" in out
+    assert "doping: none (every budget is synthetic" in out
     assert not (tmp_path / "o").exists()  # nothing written
 
 
@@ -57,6 +58,7 @@ def test_without_model_or_data_it_says_what_is_missing(capsys, tmp_path):
     code, out, _ = plan(capsys, *missing, "--classes", "10", "--set", "size.ipc=null",
                         "--set", "size.fraction=0.5", "--set", "size.synthetic_cap=5")
     assert code == 0 and "samples: ? (50 synthetic, ? real) in ? shards" in out
+    assert "doping: ? real samples picked by" in out
     assert "pass --samples-per-class N" in out
 
 
@@ -119,3 +121,4 @@ def test_a_real_only_plan_needs_no_prior_for_its_estimate(capsys, digits_dir, tm
     assert code == 0
     assert "(0 synthetic, 289 real)" in out
     assert "estimate: no NOpt (every class's budget is real samples)" in out
+    assert "doping: 289 real samples picked by kcenter in psi = trained_convnet (trained" in out
