@@ -102,7 +102,7 @@ def test_a_run_missing_cells_of_the_old_one_fails_unless_partial(tmp_path, capsy
 def test_a_pipe_is_named_as_a_pipe_not_a_bucket(tmp_path):
     results = write(tmp_path / "new.json", {"DsCo @ IPC 10": cell(CONVNET, MLP)})
     reader, writer = os.pipe()
-    os.write(writer, open(results, "rb").read())
+    os.write(writer, (tmp_path / "new.json").read_bytes())
     os.close(writer)
     try:
         with pytest.raises(SystemExit, match="is a pipe or special file") as error:
