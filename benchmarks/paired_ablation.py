@@ -15,7 +15,8 @@ for the table's seeds: the DsCo cell of OUT's results.json (a finished full benc
 without one, the DsCo draws at that size in benchmarks/results/more_draws.json when they cover
 those seeds under today's job config (``python -m benchmarks.more_draws --method DsCo
 --first-seed 0 --seeds 10`` makes them). Appends (or replaces) the variant's row in
-benchmarks/results/paired_ablations.json.
+benchmarks/results/paired_ablations.json; a row of the same variant paired with another base
+(measured under an older default) stays, renamed "<row> [base <its first base run_id>]".
 """
 from __future__ import annotations
 
@@ -117,9 +118,19 @@ def run_paired(out: str, size: str, overrides: list[str],
         row[arch] = {**evaluated, "base_mean": base[arch]["mean"],
                      "difference": paired_difference(evaluated["accuracies"],
                                                      base[arch]["accuracies"])}
-    saved["rows"][name] = row
+    store_row(saved["rows"], name, row)
     write_json(results_path, saved)
     return row
+
+
+def store_row(rows: dict, name: str, row: dict) -> None:
+    """Put ``row`` under ``name``. A row already there that was paired with another base (the
+    same override measured under an older default) stays, under its name plus its base's
+    first run_id, so a rerun under a new default does not erase what the old one measured."""
+    earlier = rows.get(name)
+    if earlier and earlier["base_run_ids"] != row["base_run_ids"]:
+        rows[f"{name} [base {earlier['base_run_ids'][0]}]"] = earlier
+    rows[name] = row
 
 
 def main() -> None:

@@ -161,3 +161,17 @@ def test_ablation_table_keeps_the_order_ablations_are_declared_in():
     rows = table.split("| setting |", 1)[1].splitlines()[2:]
     listed = [line.split(" | ")[0][2:] for line in rows if line]
     assert listed == [a for a in ABLATIONS if a in chosen]
+
+
+def test_a_paired_row_measured_against_another_default_is_kept():
+    from benchmarks.paired_ablation import store_row
+
+    old = {"base_run_ids": ["old-base"], "convnet": {"mean": 96.0}}
+    rerun = {"base_run_ids": ["old-base"], "convnet": {"mean": 96.1}}
+    new = {"base_run_ids": ["new-base"], "convnet": {"mean": 97.0}}
+    rows = {"IPC 10: nopt.iterations=200": old}
+    store_row(rows, "IPC 10: nopt.iterations=200", rerun)  # same base: replaced
+    assert rows == {"IPC 10: nopt.iterations=200": rerun}
+    store_row(rows, "IPC 10: nopt.iterations=200", new)  # a new default: the old row stays
+    assert rows == {"IPC 10: nopt.iterations=200": new,
+                    "IPC 10: nopt.iterations=200 [base old-base]": rerun}
