@@ -16,6 +16,7 @@ from pipeline.prior_meta import read_prior_meta
 # backward ~ 2); plain sampling and data-free reference images need the forward pass only.
 FORWARD_SHARE = 0.25
 UNITS_SHOWN = 10
+UNCOSTED = "doping and writing are not included"  # no measured cost to estimate them from
 
 
 @dataclass
@@ -121,8 +122,7 @@ def _doping(cfg: JobConfig, real: int, real_known: bool) -> str:
 def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, device: str,
               actors: int) -> str:
     if synthetic == 0:  # real-only budgets: the prior is never run, so its kind does not matter
-        return ("estimate: no NOpt (every class's budget is real samples); doping and writing "
-                "are not included")
+        return f"estimate: no NOpt (every class's budget is real samples); {UNCOSTED}"
     if kind is None:
         return ("estimate: unavailable (the prior's kind is unknown: model.path is missing; "
                 "set model.kind)")
@@ -146,4 +146,4 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     unit = "GPU-hours" if device == "gpu" else "CPU-slot-hours"
     return (f"estimate: {hours:.3g} {unit} of NOpt ({hours / max(1, actors):.3g} h wall on "
             f"{actors} actor(s)), at {cost.seconds:.3g} s per image-iteration-step measured on "
-            f"{cost.device} ({cost.source}); doping and writing are not included")
+            f"{cost.device} ({cost.source}); {UNCOSTED}")
