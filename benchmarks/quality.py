@@ -186,11 +186,13 @@ def run_quality(out: str, settings: BenchSettings, progress: bool = True) -> dic
 
 
 def job_config(out: str, cell: Cell, job_overrides: tuple[str, ...], set_seed: int) -> JobConfig:
-    """The concentration job's config for the set of ``cell`` built with job seed ``set_seed``."""
+    """The concentration job's config for the set of ``cell`` built with job seed ``set_seed``.
+    The run-wide ``job_overrides`` go first, so a cell's own settings win (plain sampling keeps
+    T = 0 under the quick run's few iterations)."""
     return load_config(None, [
         f"output={join(out, 'runs')}", f"input.url={join(out, 'data', 'train')}",
-        f"model.path={os.path.join(out, 'prior')}", f"seed={set_seed}",
-        *SIZES.get(cell.size, []), *cell.overrides, *job_overrides])
+        f"model.path={os.path.join(out, 'prior')}", f"seed={set_seed}", *job_overrides,
+        *SIZES.get(cell.size, []), *cell.overrides])
 
 
 def build_sets(out: str, cell: Cell, job_overrides: tuple[str, ...], progress: bool = True) -> list:

@@ -19,6 +19,10 @@ def test_quick_quality_benchmark_writes_results_table_and_plot(ray_local, tmp_pa
         for arch in ("convnet", "mlp"):
             assert len(row[arch]["accuracies"]) == 1 and 0 <= row[arch]["mean"] <= 100
     assert results["cells"]["random real @ IPC 10"]["real"] == 100
+    plain_run = results["cells"]["plain sampling @ IPC 10"]["run_ids"][0]
+    assert plain_run != results["cells"]["DsCo @ IPC 10"]["run_ids"][0]
+    plain_config = json.loads((tmp_path / "runs" / plain_run / "run_config.json").read_text())
+    assert plain_config["nopt"]["iterations"] == 0
     table = (tmp_path / "results.md").read_text()
     assert "| DsCo |" in table and "| random real |" in table
     assert (tmp_path / "accuracy_vs_size.png").read_bytes().startswith(b"\x89PNG")
