@@ -52,8 +52,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     verb = "would delete" if args.dry_run else "deleted"
     for run in doomed:
         print(f"{verb} {run.run_id} ({run.state}, {run.samples} samples)")
-    print(f"{verb} {len(doomed)} run(s); kept the newest {args.keep} complete, the latest and "
-          "any being written")
+    print(f"{verb} {len(doomed)} run(s); kept the newest {args.keep} complete, the latest, "
+          "any being written and incomplete runs newer than the newest complete one")
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.errors import DscoError
 from pipeline.lock import LockHeld, OutputLock, lock_holder
 from pipeline.storage import delete, filesystem, join, read_json, with_retries
 
@@ -12,8 +13,9 @@ GC_LEASE_S = 60.0
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One run folder: ``state`` is complete, writing (a live run holds the output's lock for
-    it) or incomplete (abandoned, or waiting to be resumed)."""
+    """One run folder (a folder holding ``run_config.json``): ``state`` is complete, writing (a
+    live run holds the output's lock for it) or incomplete (abandoned, or waiting to be
+    resumed)."""
 
     run_id: str
     state: str
@@ -37,6 +39,8 @@ def list_runs(output_url: str) -> list[RunInfo]:
         run_id = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if entry["type"] != "directory" or run_id in NOT_RUNS:
             continue
+        if read_json(join(output_url, run_id, "run_config.json")) is None:
+            continue  # not a run (a prior, data or another output beside them): never touched
         index = read_json(join(output_url, run_id, "index.json")) or {}
         state = "complete" if index.get("complete") else \
             "writing" if holder is not None and holder.run_id == run_id else "incomplete"
@@ -48,17 +52,24 @@ def list_runs(output_url: str) -> list[RunInfo]:
 
 
 def plan_gc(runs: list[RunInfo], keep: int) -> list[RunInfo]:
-    """What gc deletes: complete runs beyond the newest ``keep``, and incomplete runs, but
-    never the latest run nor one being written."""
+    """What gc deletes: complete runs beyond the newest ``keep``, and abandoned incomplete runs
+    (last written before the newest complete run finished; a newer one may still be resumed),
+    but never the latest run nor one being written."""
     complete = [r for r in runs if r.state == "complete"]
     kept = {r.run_id for r in complete[:keep]}
+    newest_complete = max((r.updated for r in complete), default="")
     return [r for r in runs if not r.latest and r.state != "writing"
-            and (r.state == "incomplete" or r.run_id not in kept)]
+            and (r.updated < newest_complete if r.state == "incomplete" else
+                 r.run_id not in kept)]
 
 
 def gc(output_url: str, keep: int, dry_run: bool = False) -> list[RunInfo]:
     """Delete what :func:`plan_gc` picks; return it. Holds the output's lock while deleting
     (so no run starts meanwhile) unless a live run holds it, whose run is then left alone."""
+    if keep < 0:
+        raise DscoError(f"gc --keep must be 0 or more (the complete runs to keep), got {keep}.")
+    if not list_runs(output_url):
+        return []  # no lock file left in a folder that holds no runs
     lock = OutputLock(output_url, "gc", GC_LEASE_S)
     try:
         lock.acquire()

@@ -1,0 +1,61 @@
+"""`dsco runs` / `dsco gc`: what counts as a run, and what gc may delete."""
+import json
+
+import pytest
+
+from cluster.cli import main
+from pipeline.errors import DscoError
+from pipeline.runs import gc, list_runs
+
+
+def make_run(out, run_id, complete, updated=None):
+    run = out / run_id
+    run.mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"run_id": run_id}))
+    if updated is not None:
+        (run / "index.json").write_text(json.dumps({
+            "complete": complete, "updated": updated,
+            "shards": [{"nsamples": 10, "bytes": 1000}]}))
+
+
+@pytest.fixture
+def output(tmp_path):
+    """An output as a user keeps it: runs beside a prior, data and a cache."""
+    out = tmp_path / "out"
+    make_run(out, "a_old", True, "2026-12-01T00:00:00Z")
+    make_run(out, "b_latest", True, "2026-12-03T00:00:00Z")
+    make_run(out, "c_abandoned", False, "2026-12-02T00:00:00Z")
+    make_run(out, "d_to_resume", False, "2026-12-04T00:00:00Z")
+    make_run(out, "e_nothing_committed", False)
+    (out / "latest.json").write_text(json.dumps({"run_id": "b_latest"}))
+    for folder in ("prior/unet", "data/train", "cache"):
+        (out / folder).mkdir(parents=True)
+        (out / folder / "file").write_text("keep me")
+    return out
+
+
+def test_only_folders_with_a_run_config_are_runs(output):
+    assert {r.run_id for r in list_runs(str(output))} == {
+        "a_old", "b_latest", "c_abandoned", "d_to_resume", "e_nothing_committed"}
+
+
+def test_gc_deletes_old_complete_and_abandoned_runs_only(output, capsys):
+    assert main(["gc", str(output), "--keep", "0"]) == 0
+    assert "deleted 3 run(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in output.iterdir()) == [
+        "b_latest", "cache", "d_to_resume", "data", "latest.json", "prior"]
+    assert (output / "prior" / "unet" / "file").read_text() == "keep me"
+
+
+def test_gc_of_a_folder_without_runs_touches_nothing(output):
+    parent = output.parent  # one level too high: the output itself is not a run
+    assert gc(str(parent), keep=0) == []
+    assert sorted(p.name for p in parent.iterdir()) == ["out"]
+    assert gc(str(output / "data"), keep=0) == [] and (output / "data" / "train").exists()
+
+
+def test_gc_refuses_a_negative_keep(output):
+    with pytest.raises(DscoError, match="--keep must be 0 or more.*got -1"):
+        gc(str(output), keep=-1, dry_run=True)
+    assert main(["gc", str(output), "--keep", "-1"]) == 2
+    assert len(list_runs(str(output))) == 5
