@@ -8,7 +8,6 @@ to ``FIT_SAMPLES`` images), so every actor embeds with the same fixed encoder.
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +17,7 @@ import torch
 
 from pipeline.class_store import META, embedding_tag
 from pipeline.config import DopingConfig
-from pipeline.datasets import InputFile, input_samples_in_tar
+from pipeline.datasets import InputFile, class_names_of, input_samples_in_tar
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image
@@ -49,8 +48,9 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
                         f"(layout {layout!r}) or use doping.embed: memory.")
     fs, root = filesystem(input_url)
     shards = [f.path for f in listing if f.path.endswith(".tar")]
-    names = next((json.loads(fs.cat_file(f"{root}/classes.json")) for f in listing
-                  if f.path == "classes.json"), None)
+    names = next((class_names_of(fs.cat_file(f"{root}/classes.json"),
+                                 f"{input_url}/classes.json")
+                  for f in listing if f.path == "classes.json"), None)
     encoder, channels = _fitted_encoder(fs, root, shards, doping.encoder, seed)
     dataset = ray.data.read_webdataset([f"{input_url.rstrip('/')}/{s}" for s in shards],
                                        decoder=None, include_paths=True)

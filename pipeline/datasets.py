@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.errors import DscoError
 from pipeline.images import decode_image
-from pipeline.storage import filesystem, with_retries
+from pipeline.storage import filesystem, parse_json, with_retries
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 LAYOUTS = ("webdataset", "folders")
@@ -93,7 +93,7 @@ def read_dataset(url: str, layout: str, files: list[InputFile] | None = None) ->
         for f in files:
             data = read(f)
             if f.path == "classes.json":
-                names = json.loads(data)
+                names = class_names_of(data, f"{url}/classes.json")
             else:
                 samples.extend(input_samples_in_tar(data, f.path))
     else:
@@ -108,6 +108,16 @@ def read_dataset(url: str, layout: str, files: list[InputFile] | None = None) ->
             stem, ext = filename.rsplit(".", 1)
             samples.append((f"{folder}/{stem}", class_id[folder], data, ext.lower()))
     return _decode_all(samples, names, url, files)
+
+
+def class_names_of(data: bytes, source: str) -> list[str]:
+    """The class names a ``classes.json`` holds: a JSON list of strings, class i's at i."""
+    names = parse_json(data, source)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DscoError(f"{source} must be a JSON list of class names (strings), the name of "
+                        f"class i at position i, e.g. [\"cat\", \"dog\"]; it holds "
+                        f"{json.dumps(names)[:80]}.")
+    return names
 
 
 def count_per_class(url: str, layout: str) -> list[int]:

@@ -122,7 +122,7 @@ def load_prior(model_dir: str, device: torch.device | str = "cpu") -> DiffusionB
                                            local_files_only=True, low_cpu_mem_usage=False)
         scheduler = DDIMScheduler.from_pretrained(os.path.join(model_dir, "scheduler"),
                                                   local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights unlike config
         raise DscoError(f"could not load the diffusers model in {model_dir!r}: {exc}. "
                         "Retrain it with `dsco train-prior`.") from exc
     return PixelUNetBackend(unet, scheduler, meta, device)

@@ -12,6 +12,8 @@ from pipeline.errors import DscoError
 PRIOR_META = "dsco_prior.json"
 PIPELINE_INDEX = "model_index.json"
 DIT_PIPELINE = "DiTPipeline"
+SCHEDULER_CONFIG = os.path.join("scheduler", "scheduler_config.json")
+WEIGHTS_SUFFIXES = (".safetensors", ".bin")
 
 
 @dataclass(frozen=True)
@@ -33,19 +35,70 @@ def read_prior_meta(model_dir: str) -> PriorMeta:
     described by its own configs (:func:`dit_meta`; the backend is in :mod:`pipeline.latent_prior`).
     """
     if is_dit_pipeline(model_dir):
-        return dit_meta(model_dir)
+        meta = dit_meta(model_dir)
+        check_model_files(model_dir, ("transformer", "vae"))
+        return meta
     meta_path = os.path.join(model_dir, PRIOR_META)
     if not os.path.isfile(meta_path):
         raise DscoError(
             f"model.path {model_dir!r} is neither a DsCo prior directory (no {PRIOR_META}) nor "
             "a DiT pipeline in the hub layout (no model_index.json); train a prior with "
             f"`dsco train-prior --data DIR --out {model_dir}`, or point it at a DiT checkout.")
-    with open(meta_path) as f:
-        meta = PriorMeta(**json.load(f))
+    try:
+        with open(meta_path) as f:
+            meta = PriorMeta(**json.load(f))
+    except (ValueError, TypeError) as exc:  # not JSON, or not PriorMeta's fields
+        raise DscoError(f"{meta_path} does not read as a DsCo prior's metadata ({exc}): it is "
+                        "corrupt or from another tool. Copy the prior directory again, or "
+                        f"retrain it with `dsco train-prior --data DIR --out {model_dir}`.") \
+            from None
     if meta.kind != "pixel_unet":
         raise DscoError(f"prior kind {meta.kind!r} in {meta_path} is not supported; "
                         "supported kinds: 'pixel_unet'.")
+    check_model_files(model_dir, ("unet",))
     return meta
+
+
+def check_model_files(model_dir: str, components: tuple[str, ...]) -> None:
+    """Fail with the missing or damaged file unless each component folder has its config and
+    intact weights, and the scheduler its config: checked here, on the driver, so a prior
+    copied in part fails the job at once instead of every NoiseOptimizer that loads it."""
+    needed = [os.path.join(c, "config.json") for c in components] + [SCHEDULER_CONFIG]
+    problems = [f"{name} is missing" for name in needed
+                if not os.path.isfile(os.path.join(model_dir, name))]
+    for component in components:
+        folder = os.path.join(model_dir, component)
+        weights = sorted(n for n in os.listdir(folder) if n.endswith(WEIGHTS_SUFFIXES)) \
+            if os.path.isdir(folder) else []
+        if not weights:
+            problems.append(f"{component}/ has no weights file ({' or '.join(WEIGHTS_SUFFIXES)})")
+        problems += [f"{component}/{name} {why}" for name in weights
+                     if name.endswith(".safetensors")
+                     for why in [safetensors_problem(os.path.join(folder, name))] if why]
+    if problems:
+        raise DscoError(f"model.path {model_dir!r} is incomplete: {'; '.join(problems)}. Copy "
+                        "the whole model directory again, or for a DsCo prior retrain it with "
+                        f"`dsco train-prior --data DIR --out {model_dir}`.")
+
+
+def safetensors_problem(path: str) -> str | None:
+    """Why the safetensors file at ``path`` cannot load (cut off, or not safetensors), or None.
+    Reads the header only: 8 bytes of header length, the JSON header, then the tensors' bytes,
+    which must end exactly at the file's end."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or length > size - 8:
+            return f"is cut off or not safetensors ({size} bytes)"
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items()
+                       if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            return f"has an unreadable header ({exc})"
+    if 8 + length + end != size:
+        return f"is {size} bytes where its header needs {8 + length + end}: cut off or damaged"
+    return None
 
 
 def is_dit_pipeline(model_dir: str) -> bool:

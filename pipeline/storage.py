@@ -54,8 +54,16 @@ def with_retries(what: str, fn: Callable[[], T]) -> T:
     for attempt in range(RETRIES):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError, DscoError):
+        except (FileNotFoundError, DscoError):
             raise
+        except PermissionError as exc:
+            raise DscoError(f"cannot {what}: permission denied ({exc}). Fix the path, or the "
+                            "permissions on it (for a bucket: credentials that may read and "
+                            "write it).") from exc
+        except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
+            raise DscoError(f"cannot {what}: {exc}. A file stands where the path needs a "
+                            "folder, or a folder where it needs a file: pick another path "
+                            "(outputs and datasets are folders).") from exc
         except MISSING_CREDENTIALS as exc:  # retrying cannot find them either
             raise DscoError(f"cannot {what}: {exc}: no object-store credentials were found. "
                             "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
@@ -159,9 +167,20 @@ def write_json(url: str, obj: Any) -> None:
 def read_json(url: str) -> Any | None:
     """Read JSON from ``url``, or None when the object does not exist."""
     try:
-        return json.loads(read_bytes(url))
+        data = read_bytes(url)
     except FileNotFoundError:
         return None
+    return parse_json(data, url)
+
+
+def parse_json(data: bytes, source: str) -> Any:
+    """``data`` as JSON; a clear error naming ``source`` when it is not valid JSON."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise DscoError(f"{source} is not valid JSON ({exc}): the file is corrupt or was cut "
+                        "off. Restore it, or delete it and rerun the step that writes it.") \
+            from None
 
 
 def exists(url: str) -> bool:

@@ -2,7 +2,13 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+
+from pipeline.errors import DscoError
+from pipeline.storage import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,3 +25,20 @@ def test_missing_object_store_credentials_are_named_at_once(tmp_path):
     assert "no object-store credentials were found" in result.stderr
     assert "AWS_ACCESS_KEY_ID" in result.stderr
     assert "after 4 tries" not in result.stderr  # failed at once, not retried
+
+
+def test_a_file_where_a_folder_belongs_is_named_at_once(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    started = time.monotonic()
+    with pytest.raises(DscoError, match="A file stands where the path needs a folder") as error:
+        write_json(str(a_file / "run" / "index.json"), {})
+    with pytest.raises(DscoError, match="A file stands where"):
+        read_json(str(a_file / "latest.json"))
+    assert "tries" not in str(error.value) and time.monotonic() - started < 1  # no retries
+
+
+def test_corrupt_json_is_named_with_its_path(tmp_path):
+    (tmp_path / "index.json").write_text('{"complete": tr')
+    with pytest.raises(DscoError, match=r"index.json is not valid JSON .*corrupt or was cut off"):
+        read_json(str(tmp_path / "index.json"))

@@ -47,6 +47,17 @@ def test_bad_samples_are_named(tmp_path, members, fragment):
         read_dataset(str(tmp_path), "webdataset")
 
 
+@pytest.mark.parametrize("classes, fragment", [
+    ('["zero", "on', "classes.json is not valid JSON"),
+    ('{"0": "zero"}', "classes.json must be a JSON list of class names"),
+])
+def test_a_bad_classes_json_is_named(tmp_path, classes, fragment):
+    (tmp_path / "000000.tar").write_bytes(build_tar([("a.png", _image(1)), ("a.cls", b"0")]))
+    (tmp_path / "classes.json").write_text(classes)
+    with pytest.raises(DscoError, match=fragment):
+        read_dataset(str(tmp_path), "webdataset")
+
+
 def test_corrupt_tar_and_missing_input(tmp_path):
     with pytest.raises(DscoError, match="not a folder or prefix that exists"):
         read_dataset(str(tmp_path / "missing"), "webdataset")

@@ -3,6 +3,7 @@ loads, decodes to the right size, applies guidance with the null class, NOpt low
 and checkpointing keeps activation memory flat in the number of DDIM steps."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,15 @@ def test_an_incomplete_dit_directory_is_explained(tiny_dit, tmp_path):
     broken.mkdir()
     (broken / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
     with pytest.raises(DscoError, match="looks like a DiT pipeline but its configs"):
+        read_prior_meta(str(broken))
+
+
+def test_a_dit_pipeline_with_damaged_weights_is_named(tiny_dit, tmp_path):
+    broken = tmp_path / "dit"
+    shutil.copytree(tiny_dit, broken)
+    weights = next((broken / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(DscoError, match=f"transformer/{weights.name} is .* cut off"):
         read_prior_meta(str(broken))
 
 

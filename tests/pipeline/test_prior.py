@@ -7,7 +7,7 @@ from pipeline.ddim import ddim_sample
 from pipeline.errors import DscoError
 from pipeline.latent_prior import LatentDiTBackend
 from pipeline.prior import load_prior
-from pipeline.prior_meta import PRIOR_META
+from pipeline.prior_meta import PRIOR_META, read_prior_meta
 from tests.conftest import make_tiny_prior
 
 
@@ -42,9 +42,27 @@ def test_missing_or_broken_prior_is_explained(tmp_path):
     with pytest.raises(DscoError, match="neither a DsCo prior directory"):
         load_prior(str(tmp_path))
     path = make_tiny_prior(tmp_path / "p")
-    (path / "unet" / "config.json").unlink()
+    (path / "unet" / "config.json").write_text("{}")  # readable, but not this UNet's config
     with pytest.raises(DscoError, match="could not load"):
         load_prior(str(path))
+
+
+def test_a_prior_copied_in_part_is_named_before_any_model_loads(tmp_path):
+    path = make_tiny_prior(tmp_path / "p")
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:len(intact) // 2])  # an interrupted copy
+    with pytest.raises(DscoError, match="unet/diffusion_pytorch_model.safetensors is .* bytes "
+                                        "where its header needs .*: cut off"):
+        read_prior_meta(str(path))
+    weights.unlink()
+    (path / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(DscoError, match=r"incomplete: scheduler/scheduler_config.json is missing; "
+                                        r"unet/ has no weights file"):
+        read_prior_meta(str(path))
+    (path / PRIOR_META).write_text('{"kind": "pixel_unet", "num_cl')
+    with pytest.raises(DscoError, match="dsco_prior.json does not read as a DsCo prior"):
+        read_prior_meta(str(path))
 
 
 def test_ddim_gradients_reach_the_noise_and_checkpointing_changes_nothing(tiny_prior):
