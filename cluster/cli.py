@@ -8,6 +8,19 @@ import time
 from pipeline.errors import DscoError, JobFailed
 
 
+def _at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of ``kind`` no smaller than ``minimum``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {text}")
+        return value
+    return parse
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from cluster.driver import run_job
     from pipeline.config import load_config
@@ -60,7 +73,10 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _cmd_follow(args: argparse.Namespace) -> int:
     from pipeline.follow import follow_run
 
-    for shard in follow_run(args.index_url, args.poll, args.timeout, verify=not args.no_verify):
+    def waiting(run_url: str) -> None:
+        print(f"waiting for the run at {run_url} to start (no index.json yet)", file=sys.stderr)
+
+    for shard in follow_run(args.index_url, args.poll, args.timeout, not args.no_verify, waiting):
         print(f"{shard.generation} {shard.url} {shard.size} {shard.sha256}", flush=True)
     return 0
 
@@ -94,7 +110,8 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     from pipeline.prior_training import PriorTrainingConfig, train_prior
 
     data = read_dataset(args.data, args.layout)
-    cfg = PriorTrainingConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    steps = {} if args.steps is None else {"steps": args.steps}
+    cfg = PriorTrainingConfig(seed=args.seed, **steps)
     train_prior(data, args.out, cfg, progress=not args.quiet, device=args.device)
     print(f"prior saved to {args.out}")
     return 0
@@ -130,12 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "without running it")
     plan.add_argument("config")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    plan.add_argument("--gpus", type=float, default=8, help="GPUs of the target cluster")
-    plan.add_argument("--cpus", type=float, default=64, help="CPUs of the target cluster")
-    plan.add_argument("--classes", type=int, help="class count when neither the model nor "
-                      "the data is readable")
-    plan.add_argument("--samples-per-class", type=int, help="real samples per class to assume "
-                      "when the data is not readable")
+    plan.add_argument("--gpus", type=_at_least(0, float), default=8,
+                      help="GPUs of the target cluster (default 8)")
+    plan.add_argument("--cpus", type=_at_least(0, float), default=64,
+                      help="CPUs of the target cluster (default 64)")
+    plan.add_argument("--classes", type=_at_least(1), help="class count when neither the "
+                      "model nor the data is readable")
+    plan.add_argument("--samples-per-class", type=_at_least(1), help="real samples per class "
+                      "to assume when the data is not readable")
     plan.set_defaults(func=_cmd_plan)
 
     runs = sub.add_parser("runs", help="list the runs under an output with state and size")
@@ -144,24 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc = sub.add_parser("gc", help="delete old complete runs and abandoned incomplete ones")
     gc.add_argument("output")
-    gc.add_argument("--keep", type=int, required=True, help="complete runs to keep (newest)")
+    gc.add_argument("--keep", type=_at_least(0), required=True,
+                    help="complete runs to keep (newest)")
     gc.add_argument("--dry-run", action="store_true")
     gc.set_defaults(func=_cmd_gc)
 
     follow = sub.add_parser("follow", help="print each shard of a run as it is committed; "
                             "ends when the run completes")
     follow.add_argument("index_url", help="a run's index.json URL (or the run folder)")
-    follow.add_argument("--poll", type=float, default=2.0, help="seconds between index reads")
-    follow.add_argument("--timeout", type=float, help="give up after this many seconds")
+    follow.add_argument("--poll", type=_at_least(0.01, float), default=2.0,
+                        help="seconds between index reads")
+    follow.add_argument("--timeout", type=_at_least(0, float),
+                        help="give up after this many seconds (default: wait until complete)")
     follow.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
     follow.set_defaults(func=_cmd_follow)
 
     demo = sub.add_parser("demo", help="digits end to end on local Ray, with evaluation")
     demo.add_argument("--out", required=True)
-    demo.add_argument("--ipc", type=int, default=10)
+    demo.add_argument("--ipc", type=_at_least(1), default=10)
     demo.add_argument("--doping-fraction", type=float, default=0.0)
     demo.add_argument("--data-free", action="store_true")
-    demo.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    demo.add_argument("--shard-size", type=_at_least(1), default=1000, help="samples per shard")
     demo.set_defaults(func=_cmd_demo)
 
     prep = sub.add_parser("prepare-digits", help="write scikit-learn digits as WebDataset shards")
@@ -172,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("--data", required=True, help="dataset URL (e.g. DIR/train)")
     prior.add_argument("--layout", default="webdataset", choices=["webdataset", "folders"])
     prior.add_argument("--out", required=True)
-    prior.add_argument("--steps", type=int, help="training steps (default: the tuned default)")
+    prior.add_argument("--steps", type=_at_least(1),
+                       help="training steps (default: the tuned default)")
     prior.add_argument("--seed", type=int, default=0)
     prior.add_argument("--device", default="cpu",
                        help="cpu (default) or cuda[:N]; on an H100 the digits prior trains in "
@@ -206,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; a run keeps its committed units, and the same command resumes it",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -62,11 +62,12 @@ def run_demo(out: str, ipc: int = 10, doping_fraction: float = 0.0, data_free: b
     another recipe is not reused).
     """
     overrides = overrides or []
+    # the configs first: a bad option fails before minutes of data and prior preparation
+    cfg = demo_config(out, ipc, doping_fraction, data_free, shard_size, overrides)
+    baselines = baseline_configs(cfg, out, overrides)
     prepare_digits(join(out, "data"))
     ensure_prior(out, prior_cfg, progress)
-    cfg = demo_config(out, ipc, doping_fraction, data_free, shard_size, overrides)
     runs: dict[str, JobResult] = {}
-    baselines = baseline_configs(cfg, out, overrides)
     baseline_names = list(baselines)
     for name, base_cfg in baselines.items():  # DsCo last, so latest.json points at it
         runs[name] = run_job(base_cfg, progress=progress)

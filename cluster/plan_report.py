@@ -93,11 +93,14 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
                if counted.real_known else "") for u in plan.units[:UNITS_SHOWN]]
     if len(plan.units) > UNITS_SHOWN:
         lines.append(f"  ... {len(plan.units) - UNITS_SHOWN} more units")
-    shape = optimizer_shape(cfg.execution, {"GPU": gpus, "CPU": cpus}, len(plan.units))
+    nopt_units = sum(u.needs_nopt for u in plan.units)  # the driver starts actors for these
+    shape = optimizer_shape(cfg.execution, {"GPU": gpus, "CPU": cpus}, max(1, nopt_units))
     device = "gpu" if shape.num_gpus else "cpu"
-    lines.append(f"actors: {shape.count} NoiseOptimizer (num_gpus={shape.num_gpus}, "
-                 f"num_cpus={shape.num_cpus} each; on a cluster with {gpus:g} GPUs and "
-                 f"{cpus:g} CPUs; more start as nodes join), plus a Coordinator and "
+    optimizers = (f"{shape.count} NoiseOptimizer (num_gpus={shape.num_gpus}, "
+                  f"num_cpus={shape.num_cpus} each; on a cluster with {gpus:g} GPUs and "
+                  f"{cpus:g} CPUs; more start as nodes join), plus" if nopt_units else
+                  "no NoiseOptimizer (no unit runs NOpt), only")
+    lines.append(f"actors: {optimizers} a Coordinator and "
                  f"{'a DopingSelector' if cfg.uses_real_data() else 'no DopingSelector'} "
                  "(0 CPUs, 0 GPUs, on the head)")
     lines.append(_estimate(cfg, plan, synthetic, counted.kind, device, shape.count))

@@ -214,6 +214,10 @@ def load_config(path: str | None, overrides: list[str] | None = None,
         except FileNotFoundError:
             raise DscoError(f"config file {path!r} does not exist; pass the path of a YAML "
                             "config such as configs/digits.yaml.") from None
+        except (IsADirectoryError, UnicodeDecodeError):
+            raise DscoError(f"config file {path!r} is a folder or not a text file; pass the "
+                            "path of a YAML config such as configs/digits.yaml (the data and "
+                            "output go in its input.url and output).") from None
         except yaml.YAMLError as exc:
             raise DscoError(f"config file {path!r} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):

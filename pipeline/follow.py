@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from torch.utils.data import IterableDataset
 
@@ -39,15 +39,21 @@ def run_url_of(url: str) -> str:
 
 
 def follow_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
-               verify: bool = True) -> Iterator[CommittedShard]:
+               verify: bool = True, on_wait: Callable[[str], None] | None = None
+               ) -> Iterator[CommittedShard]:
     """Yield every committed shard of the run at ``url`` once, as it is committed; return
     when the run is complete. ``verify`` reads each shard and checks size and sha256 (the
-    bytes come with it); ``timeout_s`` bounds the wait for the run to complete."""
+    bytes come with it); ``timeout_s`` bounds the wait for the run to complete; ``on_wait``
+    is told once, with the run's URL, when the run has not started yet."""
     run_url = run_url_of(url)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     seen: set[str] = set()
+    index = read_json(join(run_url, INDEX))
+    if index is None:
+        _refuse_an_output(run_url)
+        if on_wait is not None:
+            on_wait(run_url)
     while True:
-        index = read_json(join(run_url, INDEX))
         for entry in (index or {}).get("shards", []):
             if entry["name"] in seen:
                 continue
@@ -62,6 +68,17 @@ def follow_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
                 f"is at generation {index['generation']}, not complete"
             raise DscoError(f"the run at {run_url!r} {state} after {timeout_s:g} s of waiting.")
         time.sleep(poll_s)
+        index = read_json(join(run_url, INDEX))
+
+
+def _refuse_an_output(url: str) -> None:
+    """Fail when ``url`` is an output (the folder that holds runs), not one run: following
+    it would wait for an index.json that never comes."""
+    latest = read_json(join(url, "latest.json"))
+    if latest is not None:
+        raise DscoError(f"{url!r} is an output, not a run: its latest run is "
+                        f"{join(url, latest['run_id'])}; follow that (or another run listed by "
+                        f"`dsco runs {url}`).")
 
 
 class FollowedShards(IterableDataset):

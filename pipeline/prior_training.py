@@ -3,6 +3,7 @@ default; a GPU where one is named)."""
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,11 @@ def train_prior(data: LabelledImages, out_dir: str, cfg: PriorTrainingConfig,
     """Train a DDPM prior on ``data`` on ``device`` and save it to ``out_dir``; returns
     ``out_dir``. Batches, noise and timesteps are drawn on the CPU from the config's seed, so
     a GPU sees the same draws (its arithmetic, not its randomness, differs)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DscoError(f"the prior's output {out_dir!r} is a file; a prior is a folder "
+                        "(unet/, scheduler/, dsco_prior.json): pass a new folder path.")
+    if cfg.steps < 1:
+        raise DscoError(f"prior training needs 1 step or more, got steps={cfg.steps}.")
     device = training_device(device)
     torch.manual_seed(derive_seed(cfg.seed, "prior"))
     images = to_model_space(data.images).to(device)

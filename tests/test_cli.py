@@ -86,3 +86,56 @@ def test_the_driver_loads_no_model_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["gc", "out", "--keep", "-1"], "argument --keep: must be 0 or more, got -1"),
+    (["train-prior", "--data", "d", "--out", "p", "--steps", "0"], "must be 1 or more, got 0"),
+    (["demo", "--out", "o", "--ipc", "0"], "argument --ipc: must be 1 or more, got 0"),
+    (["plan", "c.yaml", "--gpus", "-1"], "argument --gpus: must be 0 or more, got -1"),
+    (["follow", "run", "--poll", "x"], "argument --poll: 'x' is not a number"),
+])
+def test_a_bad_number_on_the_command_line_exits_2_naming_the_option(
+        args, fragment, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # were an option accepted, nothing lands in the checkout
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_the_demo_checks_its_options_before_preparing_anything(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--doping-fraction", "2"]) == 2
+    assert "size.doping_fraction" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # no data prepared, no prior trained
+
+
+def test_a_prior_cannot_be_written_over_a_file(tmp_path, capsys, digits_dir):
+    (tmp_path / "a_file").write_text("x")
+    assert main(["train-prior", "--data", str(digits_dir / "train"), "--out",
+                 str(tmp_path / "a_file"), "--steps", "1"]) == 2
+    assert "is a file; a prior is a folder" in capsys.readouterr().err
+
+
+def test_a_folder_passed_as_the_config_exits_2(tmp_path, capsys):
+    assert main(["plan", str(tmp_path)]) == 2
+    assert "is a folder or not a text file" in capsys.readouterr().err
+
+
+def test_follow_refuses_an_output_and_says_when_it_waits_for_a_run(tmp_path, capsys):
+    (tmp_path / "latest.json").write_text('{"run_id": "abc123"}')
+    assert main(["follow", str(tmp_path)]) == 2
+    assert f"is an output, not a run: its latest run is {tmp_path}/abc123" in \
+        capsys.readouterr().err
+    assert main(["follow", str(tmp_path / "not_started"), "--poll", "0.05",
+                 "--timeout", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "waiting for the run at" in err and "has not started after 0.1 s" in err
+
+
+def test_ctrl_c_exits_130_saying_a_rerun_resumes(monkeypatch, tmp_path, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cluster.cli._cmd_runs", interrupted)
+    assert main(["runs", str(tmp_path)]) == 130
+    assert "the same command resumes it" in capsys.readouterr().err

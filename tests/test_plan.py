@@ -120,5 +120,7 @@ def test_a_real_only_plan_needs_no_prior_for_its_estimate(capsys, digits_dir, tm
                         "--set", "size.fraction=0.2")
     assert code == 0
     assert "(0 synthetic, 289 real)" in out
+    assert "actors: no NoiseOptimizer (no unit runs NOpt), only a Coordinator and a " \
+        "DopingSelector" in out
     assert "estimate: no NOpt (every class's budget is real samples)" in out
     assert "doping: 289 real samples picked by kcenter in psi = trained_convnet (trained" in out

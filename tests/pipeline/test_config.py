@@ -74,6 +74,11 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(DscoError, match="not valid YAML"):
         load_config(str(bad))
+    with pytest.raises(DscoError, match="is a folder or not a text file"):
+        load_config(str(tmp_path))  # the data folder passed where the config goes
+    (tmp_path / "shard.tar").write_bytes(b"\x89PNG\xff\xfe")
+    with pytest.raises(DscoError, match="is a folder or not a text file"):
+        load_config(str(tmp_path / "shard.tar"))
 
 
 @pytest.mark.parametrize("size, dopes", [
