@@ -108,7 +108,6 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     """The run itself, while this process holds the output's lock."""
     connect(address)
     io_options = io_actor_options(head_node_id())
-    coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     selector = None
     if cfg.uses_real_data():
         embeddings_url = _embed_at_scale(cfg, listing) if cfg.doping.embed == "ray_data" \
@@ -124,6 +123,8 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
         class_names = data_free_classes(cfg, meta)
         class_sizes = [0] * len(class_names)
     plan = make_plan(cfg, class_sizes)
+    # started once the input and the prior are checked: bad input leaves no run folder behind
+    coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     ray.get(coordinator.start.remote(plan.num_shards))
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]

@@ -8,6 +8,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import ExecutionConfig
+from pipeline.errors import DscoError
 
 
 def connect(address: str | None) -> None:
@@ -16,7 +17,14 @@ def connect(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # under `ray job submit` the job's own runtime_env applies; add none here
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as exc:
+            raise DscoError(
+                f"cannot join the Ray cluster at {address!r} ({exc}). Check the address "
+                "(ray://HOST:10001 for Ray Client, HOST:6379 or `auto` on a cluster node), that "
+                "the cluster is up (`ray status` there), or leave --address and RAY_ADDRESS "
+                "unset to run on a local Ray.") from None
     else:
         # "local": always a fresh one, even beside a `ray start` cluster (join that with
         # --address auto)

@@ -57,17 +57,21 @@ def test_train_prior_refuses_a_device_it_cannot_use(device, gpus, message, tmp_p
 
 
 @pytest.mark.ray
-def test_corrupt_input_shard_exits_2_naming_it(capsys, ray_local, digits_dir, tiny_prior,
-                                               tmp_path):
+@pytest.mark.parametrize("name, content, message", [
+    ("000001.tar", b"not a tar" * 50, "input shard '000001.tar' is not a readable tar"),
+    ("classes.json", b'["0", "1", "2', "classes.json is not valid JSON"),
+])
+def test_corrupt_input_exits_2_naming_it_and_leaves_no_run_behind(
+        name, content, message, capsys, ray_local, digits_dir, tiny_prior, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(digits_dir / "train", data)
-    (data / "000001.tar").write_bytes(b"not a tar" * 50)
+    (data / name).write_bytes(content)
     code = main(["run", str(REPO / "configs" / "digits.yaml"), "--set", f"output={tmp_path}/o",
                  "--set", f"input.url={data}", "--set", f"model.path={tiny_prior}"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "input shard '000001.tar' is not a readable tar" in err
-    assert "Traceback" not in err
+    assert message in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("*/run_config.json"))  # no incomplete run to list
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["demo", "--help"]])

@@ -1,6 +1,9 @@
 """Sizing the NoiseOptimizer actors to the cluster (pure functions; no Ray started)."""
-from cluster.resources import STORAGE_ENV_VARS, io_actor_options, optimizer_shape
+import pytest
+
+from cluster.resources import STORAGE_ENV_VARS, connect, io_actor_options, optimizer_shape
 from pipeline.config import ExecutionConfig
+from pipeline.errors import DscoError
 from pipeline.synthesize import torch_device_for
 
 
@@ -34,3 +37,14 @@ def test_io_actors_reserve_nothing_and_carry_the_storage_settings(monkeypatch):
 def test_device_for_assigned_gpus_falls_back_to_cpu_without_cuda():
     assert torch_device_for([]) == "cpu"
     assert torch_device_for(["0"]) in ("cpu", "cuda:0")
+
+
+def test_a_cluster_that_cannot_be_reached_is_named_with_the_fix(monkeypatch):
+    def unreachable(**kwargs):  # what ray.init raises for a ray:// address nobody serves
+        raise ConnectionError("ray client connection timeout")
+
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+    monkeypatch.setattr("ray.init", unreachable)
+    with pytest.raises(DscoError, match="cannot join the Ray cluster at 'ray://10.0.0.9:10001'"
+                                        ".*leave --address and RAY_ADDRESS unset"):
+        connect("ray://10.0.0.9:10001")
