@@ -15,12 +15,13 @@ set the exit status. Prints a markdown table (also written to FILE) with cells f
 one run or not comparable listed under it, and exits 1 when a comparable cell of several sets
 differs, or when a cell of OLD is missing from NEW or cannot be paired with it (the run does not
 reproduce the whole table; ``--partial`` checks only the cells both have, as for a run still
-going), else 0.
+going), else 0; 2 when a results file cannot be read.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from benchmarks.paired_ablation import paired_difference
 from benchmarks.quality import ARCHS
@@ -102,20 +103,24 @@ def load_results(path: str) -> dict:
     fix = "pass the results.json that `dsco bench quality --out DIR` wrote in DIR."
     try:
         results = read_json(path)
-    except DscoError as err:  # unreadable storage: the message names the path and the fix
-        raise SystemExit(str(err)) from err
-    except (ValueError, UnicodeDecodeError) as err:
-        raise SystemExit(f"{path} is not valid JSON ({err}): it may have been cut short while "
-                         f"copying; {fix}") from err
+    except DscoError as err:  # unreadable or not JSON: the message names the path and the fix
+        _bad_input(str(err))
     if results is None:
-        raise SystemExit(f"{path} does not exist: {fix}")
+        _bad_input(f"{path} does not exist: {fix}")
     if not isinstance(results, dict) or "cells" not in results:
-        raise SystemExit(f"{path} is not a quality benchmark's results.json (no 'cells'): {fix}")
+        _bad_input(f"{path} is not a quality benchmark's results.json (no 'cells'): {fix}")
     return results
 
 
+def _bad_input(message: str) -> NoReturn:
+    """Exit 2 with ``message``, as `dsco` does for bad input (1 means the runs differ)."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Compare two runs; exit status 1 when a comparable cell of several sets differs."""
+    """Compare two runs; exit status 1 when a comparable cell of several sets differs, 2 when
+    a results file cannot be read."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("new", help="results.json of the run to check")
     parser.add_argument("old", help="results.json to check it against (e.g. the committed one)")

@@ -69,11 +69,20 @@ def test_cells_that_cannot_be_paired_are_listed_not_compared():
     assert comparison["only_old"] == ["k-center @ IPC 1"]
 
 
-def test_a_file_that_is_not_a_benchmark_result_is_named(tmp_path):
+def exits_2_saying(capsys, argv: list[str], message: str) -> str:
+    """main(argv) exits 2 (bad input, not "the runs differ") with ``message`` on stderr."""
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    err = capsys.readouterr().err
+    assert error.value.code == 2 and message in err
+    return err
+
+
+def test_a_file_that_is_not_a_benchmark_result_is_named(tmp_path, capsys):
     stray = tmp_path / "other.json"
     stray.write_text(json.dumps({"rows": []}))
-    with pytest.raises(SystemExit, match="other.json is not a quality benchmark's results.json"):
-        main([str(stray), str(stray)])
+    exits_2_saying(capsys, [str(stray), str(stray)],
+                   "other.json is not a quality benchmark's results.json")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -81,12 +90,11 @@ def test_a_file_that_is_not_a_benchmark_result_is_named(tmp_path):
     (None, "cut.json does not exist"),
     ("[1, 2]", "cut.json is not a quality benchmark's results.json"),
 ])
-def test_a_cut_short_missing_or_foreign_file_is_named(tmp_path, content, message):
+def test_a_cut_short_missing_or_foreign_file_is_named(tmp_path, content, message, capsys):
     path = tmp_path / "cut.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(SystemExit, match=message):
-        main([str(path), str(path)])
+    exits_2_saying(capsys, [str(path), str(path)], message)
 
 
 def test_a_run_missing_cells_of_the_old_one_fails_unless_partial(tmp_path, capsys):
@@ -99,14 +107,13 @@ def test_a_run_missing_cells_of_the_old_one_fails_unless_partial(tmp_path, capsy
     assert main([old, new]) == 0  # cells only in the new run are listed, not failed
 
 
-def test_a_pipe_is_named_as_a_pipe_not_a_bucket(tmp_path):
+def test_a_pipe_is_named_as_a_pipe_not_a_bucket(tmp_path, capsys):
     results = write(tmp_path / "new.json", {"DsCo @ IPC 10": cell(CONVNET, MLP)})
     reader, writer = os.pipe()
     os.write(writer, (tmp_path / "new.json").read_bytes())
     os.close(writer)
     try:
-        with pytest.raises(SystemExit, match="is a pipe or special file") as error:
-            main([f"/dev/fd/{reader}", results])
+        err = exits_2_saying(capsys, [f"/dev/fd/{reader}", results], "is a pipe or special file")
     finally:
         os.close(reader)
-    assert "bucket exists" not in str(error.value.code)
+    assert "bucket exists" not in err
