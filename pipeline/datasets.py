@@ -54,8 +54,9 @@ def list_input(url: str, layout: str) -> list[InputFile]:
         raise DscoError(f"input.layout {layout!r} is unknown; use one of {list(LAYOUTS)}.")
     fs, root = filesystem(url)
     if not with_retries(f"stat {url}", lambda: fs.isdir(root)):
-        raise DscoError(f"input.url {url!r} is not a folder or prefix that exists; "
-                        "point it at the dataset (for digits: run `dsco prepare-digits`).")
+        raise DscoError(f"the dataset {url!r} (input.url, or train-prior's --data) is not a "
+                        "folder or prefix that exists; point it at the dataset (for digits: "
+                        "run `dsco prepare-digits`).")
     details = with_retries(f"list {url}", lambda: fs.find(root, detail=True))
     files = []
     for path, info in sorted(details.items()):
@@ -67,8 +68,9 @@ def list_input(url: str, layout: str) -> list[InputFile]:
             files.append(InputFile(rel, int(info.get("size") or 0), version))
     if not any(f.path != "classes.json" for f in files):
         what = "*.tar shards" if layout == "webdataset" else "class folders with images"
-        raise DscoError(f"input.url {url!r} holds no {what} (layout {layout!r}); "
-                        "check the URL and input.layout.")
+        raise DscoError(f"the dataset {url!r} (input.url, or train-prior's --data) holds no "
+                        f"{what} (layout {layout!r}); check the URL and the layout "
+                        "(input.layout, or --layout).")
     return files
 
 
