@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from pipeline.config import INPUT_LAYOUTS
 from pipeline.errors import DscoError, JobFailed
 
 
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prior = sub.add_parser("train-prior", help="train the tiny class-conditional DDPM prior")
     prior.add_argument("--data", required=True, help="dataset URL (e.g. DIR/train)")
-    prior.add_argument("--layout", default="webdataset", choices=["webdataset", "folders"])
+    prior.add_argument("--layout", default="webdataset", choices=INPUT_LAYOUTS)
     prior.add_argument("--out", required=True)
     prior.add_argument("--steps", type=_at_least(1),
                        help="training steps (default: the tuned default)")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from cluster.costs import measured_step_cost
 from cluster.resources import optimizer_shape
+from pipeline.class_mapping import check_prior_fits
 from pipeline.config import JobConfig
 from pipeline.datasets import count_per_class
 from pipeline.errors import DscoError
@@ -48,10 +49,13 @@ def class_sizes(cfg: JobConfig, classes: int | None, samples_per_class: int | No
     if cfg.uses_real_data():
         try:
             sizes = count_per_class(cfg.input.url, cfg.input.layout)
-            notes.append(f"class sizes counted in {cfg.input.url} ({sum(sizes)} samples)")
-            return ClassSizes(sizes, kind, notes)
         except DscoError as exc:
             notes.append(f"input missing: {exc}")
+        else:
+            if meta is not None:  # the run's own check: a mismatch fails the plan as it would
+                check_prior_fits(cfg, meta, len(sizes))
+            notes.append(f"class sizes counted in {cfg.input.url} ({sum(sizes)} samples)")
+            return ClassSizes(sizes, kind, notes)
     count = next((n for n in (cfg.input.num_classes, len(cfg.model.class_map or []) or None,
                               meta.num_classes if meta else None, classes) if n), None)
     if count is None:

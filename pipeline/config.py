@@ -200,6 +200,7 @@ INIT_SPACES = ("latent", "random_conv")
 MMD_ESTIMATORS = ("biased", "unbiased")
 SELECTORS = ("mmd", "facility_location", "herding", "kcenter", "random")
 PRIOR_KINDS = ("auto", "pixel_unet", "dit")
+INPUT_LAYOUTS = ("webdataset", "folders")
 ACCELERATORS = ("auto", "gpu", "cpu")
 
 
@@ -292,6 +293,8 @@ def validate(cfg: JobConfig) -> None:
              "folder, s3://bucket/prefix or gs://bucket/prefix), e.g. --set output=runs/x.")
     _require(cfg.model.kind in PRIOR_KINDS, f"model.kind {cfg.model.kind!r} is unknown; use "
              f"one of {list(PRIOR_KINDS)}.")
+    _require(cfg.input.layout in INPUT_LAYOUTS, f"input.layout {cfg.input.layout!r} is "
+             f"unknown; use one of {list(INPUT_LAYOUTS)}.")
     _require(cfg.input.num_classes is None or cfg.input.num_classes >= 1,
              f"input.num_classes must be >= 1 or null, got {cfg.input.num_classes}.")
     _require(cfg.model.class_map is None or cfg.input.num_classes in (None,

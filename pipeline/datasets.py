@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import INPUT_LAYOUTS
 from pipeline.errors import DscoError
 from pipeline.images import decode_image
 from pipeline.storage import filesystem, parse_json, with_retries
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
-LAYOUTS = ("webdataset", "folders")
 
 
 @dataclass
@@ -50,8 +50,8 @@ class InputFile:
 
 def list_input(url: str, layout: str) -> list[InputFile]:
     """List the dataset's files with size and version, sorted; fails clearly when empty."""
-    if layout not in LAYOUTS:
-        raise DscoError(f"input.layout {layout!r} is unknown; use one of {list(LAYOUTS)}.")
+    if layout not in INPUT_LAYOUTS:
+        raise DscoError(f"input.layout {layout!r} is unknown; use one of {list(INPUT_LAYOUTS)}.")
     fs, root = filesystem(url)
     if not with_retries(f"stat {url}", lambda: fs.isdir(root)):
         raise DscoError(f"the dataset {url!r} (input.url, or train-prior's --data) is not a "

@@ -124,3 +124,9 @@ def test_a_real_only_plan_needs_no_prior_for_its_estimate(capsys, digits_dir, tm
         "DopingSelector" in out
     assert "estimate: no NOpt (every class's budget is real samples)" in out
     assert "doping: 289 real samples picked by kcenter in psi = trained_convnet (trained" in out
+
+
+def test_a_class_count_the_run_would_refuse_fails_the_plan(capsys, tiny_prior, digits_dir):
+    code, _, err = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
+                        f"input.url={digits_dir / 'train'}", "--set", "input.num_classes=3")
+    assert code == 2 and "input.num_classes is 3 but" in err and "has 10 classes" in err

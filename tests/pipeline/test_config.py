@@ -34,6 +34,7 @@ def test_set_output_redirects_the_run():
     ("nopt.iterations=many", "'nopt.iterations' must be int"),
     ("nopt.iterations=-1", "nopt.iterations must be >= 0"),
     ("nopt.init=kmeans", "nopt.init 'kmeans' is unknown"),
+    ("input.layout=tar", "input.layout 'tar' is unknown; use one of ['webdataset', 'folders']"),
     ("nopt.init_space=pixels", "nopt.init_space 'pixels' is unknown"),
     ("nopt.mmd_estimator=u", "nopt.mmd_estimator 'u' is unknown"),
     ("nopt.start_fit_steps=-3", "nopt.start_fit_steps must be >= 0, got -3"),
