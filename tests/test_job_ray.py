@@ -156,8 +156,9 @@ def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, 
 def test_a_prior_the_actors_cannot_load_fails_the_job_instead_of_looping(ray_local, tmp_path,
                                                                          digits_dir):
     prior = make_tiny_prior(tmp_path / "prior")
-    [weights] = prior.rglob("*.safetensors")
-    weights.write_bytes(b"not safetensors")
+    # whole files (the driver's check passes), but weights unlike the config: only loading
+    # the model finds that, and each actor fails doing so
+    (prior / "unet" / "config.json").write_text("{}")
     with pytest.raises(JobFailed, match="3 NoiseOptimizer actors in a row died while starting"):
         run_job(job(tmp_path / "out", prior, digits_dir), progress=False)
 
