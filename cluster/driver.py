@@ -19,13 +19,13 @@ from actors.doping_selector import DopingSelector
 from actors.noise_optimizer import NoiseOptimizer
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
-from pipeline.config import PRETRAINED, JobConfig
+from pipeline.config import JobConfig
 from pipeline.class_mapping import check_prior_fits, data_free_classes
 from pipeline.datasets import InputFile, list_input
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
-from pipeline.planning import WorkUnit, make_plan, may_dope
+from pipeline.planning import WorkUnit, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta
 from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
@@ -52,9 +52,7 @@ def input_listing(cfg: JobConfig) -> list[InputFile]:
 def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
     """The run_id of ``cfg`` over ``listing`` (listed now when not given) and the model files."""
     listing = input_listing(cfg) if listing is None else listing
-    encoders = (cfg.nopt.feature_map, cfg.doping.encoder) if may_dope(cfg) else \
-        (cfg.nopt.feature_map,)
-    weights = sorted({name[len(PRETRAINED):] for name in encoders if name.startswith(PRETRAINED)})
+    weights = pretrained_weights(cfg)
     missing = [w for w in weights if not os.path.isfile(w)]
     if missing:
         raise DscoError(f"pretrained weights {missing[0]!r} (from pretrained:<path>) do not "

@@ -2,6 +2,7 @@
 of its device-hours from measured costs, without starting Ray or touching the output."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cluster.costs import measured_step_cost
@@ -10,7 +11,7 @@ from pipeline.class_mapping import check_prior_fits
 from pipeline.config import JobConfig
 from pipeline.datasets import count_per_class
 from pipeline.errors import DscoError
-from pipeline.planning import Plan, make_plan
+from pipeline.planning import Plan, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta
 
 # With checkpointing an optimisation step costs about four forward passes (forward, recompute,
@@ -89,11 +90,12 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
     shards = plan.num_shards if counted.real_known else "?"
     lines = [f"classes: {len(counted.sizes)}; samples: {real(plan.num_samples)} ({synthetic} "
              f"synthetic, {real(plan.num_samples - synthetic)} real) in {shards} shards",
-             f"work units: {len(plan.units)} of up to {cfg.execution.classes_per_unit} classes"]
-    lines += [f"  unit {u.unit_id}: classes {u.labels[0]}-{u.labels[-1]}, "
+             f"work units: {len(plan.units)}, up to {cfg.execution.classes_per_unit} "
+             f"class{'es' if cfg.execution.classes_per_unit > 1 else ''} each"]
+    lines += [f"  unit {u.unit_id}: {_span('class', 'classes', u.labels[0], u.labels[-1])}, "
               f"{sum(b.synthetic for b in u.budgets)} synthetic + "
               f"{real(sum(b.real for b in u.budgets))} real" +
-              (f", shards {u.first_shard}-{u.first_shard + u.num_shards - 1}"
+              (f", {_span('shard', 'shards', u.first_shard, u.first_shard + u.num_shards - 1)}"
                if counted.real_known else "") for u in plan.units[:UNITS_SHOWN]]
     if len(plan.units) > UNITS_SHOWN:
         lines.append(f"  ... {len(plan.units) - UNITS_SHOWN} more units")
@@ -111,7 +113,15 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
     if cfg.uses_real_data():
         lines.append(_doping(cfg, plan.num_samples - synthetic, counted.real_known))
     lines += [f"note: {n}" for n in counted.notes]
+    lines += [f"note: pretrained weights missing: {w} (a pretrained:<path> feature map); the "
+              "run needs the file at that path on the driver's node and every worker"
+              for w in pretrained_weights(cfg) if not os.path.isfile(w)]
     return "\n".join(lines)
+
+
+def _span(one: str, many: str, first: int, last: int) -> str:
+    """``class 3`` or ``classes 0-4``."""
+    return f"{one} {first}" if first == last else f"{many} {first}-{last}"
 
 
 def _doping(cfg: JobConfig, real: int, real_known: bool) -> str:

@@ -3,6 +3,7 @@ the plan has; each task waits until its shard is committed, verifies it against 
 yields its samples (``__key__`` plus one bytes column per file extension: png, cls, json)."""
 from __future__ import annotations
 
+import logging
 import time
 from functools import partial
 
@@ -12,10 +13,12 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from pipeline.errors import DscoError
-from pipeline.follow import INDEX, run_url_of
+from pipeline.follow import INDEX, refuse_an_output, run_url_of
 from pipeline.reader import samples_in_tar, verified_shard
 from pipeline.shards import shard_name
 from pipeline.storage import join, read_json
+
+logger = logging.getLogger(__name__)
 
 
 def read_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
@@ -31,6 +34,10 @@ class RunDatasource(Datasource):
     def __init__(self, url: str, poll_s: float, timeout_s: float | None):
         self.run_url = run_url_of(url)
         self.poll_s, self.timeout_s = poll_s, timeout_s
+        if read_json(join(self.run_url, INDEX)) is None:
+            refuse_an_output(self.run_url)
+            logger.warning("waiting for the run at %s to start (no index.json yet)",
+                           self.run_url)
         index = _wait_for(self.run_url, lambda i: "planned_shards" in i or i["complete"],
                           poll_s, timeout_s, "to start")
         if index["complete"]:

@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from torch.utils.data import IterableDataset
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import DscoError
 from pipeline.reader import verified_shard
+from pipeline.shards import shard_number
 from pipeline.storage import join, read_json
 
 INDEX = "index.json"
@@ -39,23 +41,24 @@ def run_url_of(url: str) -> str:
 
 
 def follow_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
-               verify: bool = True, on_wait: Callable[[str], None] | None = None
-               ) -> Iterator[CommittedShard]:
+               verify: bool = True, on_wait: Callable[[str], None] | None = None,
+               select: Callable[[str], bool] | None = None) -> Iterator[CommittedShard]:
     """Yield every committed shard of the run at ``url`` once, as it is committed; return
     when the run is complete. ``verify`` reads each shard and checks size and sha256 (the
     bytes come with it); ``timeout_s`` bounds the wait for the run to complete; ``on_wait``
-    is told once, with the run's URL, when the run has not started yet."""
+    is told once, with the run's URL, when the run has not started yet; ``select`` (a shard's
+    relative name -> bool) keeps only some shards, the others are never read."""
     run_url = run_url_of(url)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     seen: set[str] = set()
     index = read_json(join(run_url, INDEX))
     if index is None:
-        _refuse_an_output(run_url)
+        refuse_an_output(run_url)
         if on_wait is not None:
             on_wait(run_url)
     while True:
         for entry in (index or {}).get("shards", []):
-            if entry["name"] in seen:
+            if entry["name"] in seen or (select is not None and not select(entry["name"])):
                 continue
             seen.add(entry["name"])
             data = verified_shard(run_url, entry) if verify else None
@@ -71,7 +74,7 @@ def follow_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
         index = read_json(join(run_url, INDEX))
 
 
-def _refuse_an_output(url: str) -> None:
+def refuse_an_output(url: str) -> None:
     """Fail when ``url`` is an output (the folder that holds runs), not one run: following
     it would wait for an index.json that never comes."""
     latest = read_json(join(url, "latest.json"))
@@ -85,23 +88,46 @@ class FollowedShards(IterableDataset):
     """A webdataset shard-list stage over a (growing or complete) run: yields
     ``{"url": ..., "stream": ...}`` per committed shard, the stream already verified, so each
     shard is read once. Use it as the first stage of a ``webdataset.DataPipeline``
-    (see :func:`webdataset_of_run`); iterate it again to follow the run from the start."""
+    (see :func:`webdataset_of_run`); iterate it again to follow the run from the start.
 
-    def __init__(self, url: str, poll_s: float = 2.0, timeout_s: float | None = None):
+    The shards are split between readers, by shard number: each DataLoader worker of each
+    training process (``rank`` of ``world_size``; by default torch.distributed's when it is
+    initialised, else 0 of 1) reads and yields only its own, so together they see every
+    sample once."""
+
+    def __init__(self, url: str, poll_s: float = 2.0, timeout_s: float | None = None,
+                 rank: int | None = None, world_size: int | None = None):
         super().__init__()
         self.url, self.poll_s, self.timeout_s = url, poll_s, timeout_s
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
-        for shard in follow_run(self.url, self.poll_s, self.timeout_s, verify=True):
+        reader, readers = self._reader()
+        for shard in follow_run(self.url, self.poll_s, self.timeout_s, verify=True,
+                                select=lambda name: shard_number(name) % readers == reader):
             yield {"url": shard.url, "stream": io.BytesIO(shard.data)}
 
+    def _reader(self) -> tuple[int, int]:
+        """(this reader's number, how many readers) over processes and DataLoader workers."""
+        rank, world_size = self.rank, self.world_size
+        if rank is None or world_size is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+            world_size = torch.distributed.get_world_size() if distributed else 1
+        worker = get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        return rank * workers + worker_id, world_size * workers
 
-def webdataset_of_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None):
+
+def webdataset_of_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
+                      rank: int | None = None, world_size: int | None = None):
     """A ``webdataset.DataPipeline`` of the run's samples ({"__key__", "png", "cls", "json"}
     as bytes), streaming while the run is written and ending when it completes. Add stages
-    (``wds.decode``, ``wds.to_tuple``, ``wds.batched``) with ``.compose`` or ``.append``."""
+    (``wds.decode``, ``wds.to_tuple``, ``wds.batched``) with ``.compose`` or ``.append``.
+    DataLoader workers and training processes each get their own shards (see
+    :class:`FollowedShards`)."""
     import webdataset as wds
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    return wds.DataPipeline(FollowedShards(url, poll_s, timeout_s), tar_file_expander,
-                            group_by_keys)
+    return wds.DataPipeline(FollowedShards(url, poll_s, timeout_s, rank, world_size),
+                            tar_file_expander, group_by_keys)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import JobConfig
+from pipeline.config import PRETRAINED, JobConfig
 from pipeline.errors import DscoError
 
 
@@ -86,6 +86,14 @@ def may_dope(cfg: JobConfig) -> bool:
     if cfg.size.ipc is None:
         return True
     return class_budgets(cfg, [cfg.size.ipc])[0].real > 0  # a class with enough samples
+
+
+def pretrained_weights(cfg: JobConfig) -> list[str]:
+    """The local weight files the job's ``pretrained:<path>`` feature maps read (NOpt's phi,
+    and doping's psi where the run can dope), sorted."""
+    encoders = (cfg.nopt.feature_map, cfg.doping.encoder) if may_dope(cfg) else \
+        (cfg.nopt.feature_map,)
+    return sorted({name[len(PRETRAINED):] for name in encoders if name.startswith(PRETRAINED)})
 
 
 def make_plan(cfg: JobConfig, class_sizes: list[int]) -> Plan:

@@ -24,16 +24,33 @@ def read_index(run_url: str) -> dict:
 
 def verified_shard(run_url: str, entry: dict) -> bytes:
     """The bytes of a committed shard, checked against the size and sha256 in the index."""
-    data = read_bytes(join(run_url, entry["name"]))
+    try:
+        data = read_bytes(join(run_url, entry["name"]))
+    except FileNotFoundError:
+        raise DscoError(f"shard {entry['name']} is listed in the index of the run at "
+                        f"{run_url!r} but missing: the output was deleted in part. Restore "
+                        "it, or delete the run's folder and rerun the job to rebuild it.") \
+            from None
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise DscoError(f"shard {entry['name']} under {run_url!r} does not match its index "
                         "entry (size or sha256): the output was modified or is corrupt.")
     return data
 
 
-def iter_samples(run_url: str) -> Iterator[dict[str, bytes]]:
-    """Yield each sample as {"__key__": key, "<ext>": bytes, ...} from every committed shard."""
-    for entry in read_index(run_url)["shards"]:
+def iter_samples(run_url: str, partial: bool = False) -> Iterator[dict[str, bytes]]:
+    """Yield each sample as {"__key__": key, "<ext>": bytes, ...} of a complete run. A run
+    still being written (or stopped part way) fails, since its committed shards are only part
+    of it, unless ``partial``: then the shards committed so far. To read a run while it is
+    written, follow it (:mod:`pipeline.follow`)."""
+    index = read_index(run_url)
+    if not index["complete"] and not partial:
+        planned = index.get("planned_shards", "?")
+        raise DscoError(f"the run at {run_url!r} is not complete ({len(index['shards'])} of "
+                        f"{planned} shards committed): reading it now would give part of it. "
+                        "Follow it to read it as it is written (pipeline.follow or `dsco "
+                        "follow`), rerun the job to finish it, or pass partial=True for the "
+                        "committed shards only.")
+    for entry in index["shards"]:
         yield from samples_in_tar(verified_shard(run_url, entry))
 
 

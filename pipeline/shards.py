@@ -13,6 +13,11 @@ def shard_name(number: int) -> str:
     return f"shards/{number:06d}.tar"
 
 
+def shard_number(name: str) -> int:
+    """The number of the shard at relative path ``name`` (the inverse of :func:`shard_name`)."""
+    return int(name.rsplit("/", 1)[-1][:-len(".tar")])
+
+
 def write_shard(run_url: str, number: int, unit_id: int, samples: list[Sample]) -> dict:
     """Write the tar, then its sidecar; return the index entry (name, size, sha256, rows).
 

@@ -24,7 +24,7 @@ def test_plan_lists_units_actors_and_an_estimate_from_the_measured_cost(capsys, 
                         "--set", "execution.accelerator=cpu", "--cpus", "16")
     assert code == 0
     assert "classes: 10; samples: 100 (100 synthetic, 0 real) in 2 shards" in out
-    assert "unit 0: classes 0-4, 50 synthetic + 0 real, shards 0-0" in out
+    assert "unit 0: classes 0-4, 50 synthetic + 0 real, shard 0" in out
     assert "actors: 2 NoiseOptimizer (num_gpus=0, num_cpus=1 each" in out
     measured = json.loads((RESULTS / "nopt_throughput.json").read_text())
     best = min(r["seconds_per_class_iteration"] for r in measured["rows"] if r["checkpointing"])
@@ -41,7 +41,8 @@ def test_gpu_actors_one_per_gpu_of_the_target_cluster(capsys, tiny_prior, digits
     code, out, _ = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
                         f"input.url={digits_dir / 'train'}", "--set",
                         "execution.classes_per_unit=1", "--gpus", "4")
-    assert code == 0 and "work units: 10 of up to 1 classes" in out
+    assert code == 0 and "work units: 10, up to 1 class each" in out
+    assert "unit 3: class 3, 10 synthetic + 0 real, shard 3" in out
     assert "actors: 4 NoiseOptimizer (num_gpus=1.0, num_cpus=1 each" in out
 
 
@@ -72,6 +73,7 @@ def test_the_imagenet_configs_plan_without_their_data_or_model(capsys, name, syn
     assert code == 0
     assert f"({synthetic} synthetic" in out and "GPU-hours of NOpt" in out
     assert "note: model missing" in out and "note: input missing" in out
+    assert "note: pretrained weights missing: /models/resnet" in out
 
 
 def imagenet_estimate(capsys, *sets: str) -> float:

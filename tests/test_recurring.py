@@ -17,6 +17,7 @@ import pytest
 from cluster.cli import main
 from cluster.driver import fingerprint, run_job
 from pipeline.config import load_config
+from pipeline.errors import DscoError
 from pipeline.follow import follow_run, webdataset_of_run
 from pipeline.reader import iter_samples, read_index
 from pipeline.storage import read_json
@@ -134,6 +135,17 @@ def test_readers_started_before_the_run_see_every_sample_once_and_end_by_themsel
     assert len(seen["follow"]) == len(set(seen["follow"])) == 10
     assert "shards/000099.tar" not in seen["follow"]
     assert not all(seen["complete_at_yield"])  # some shards arrived while the run was growing
+
+
+def test_the_ray_reader_refuses_an_output_and_says_when_it_waits(tmp_path, caplog):
+    from cluster.ray_reader import RunDatasource
+
+    (tmp_path / "latest.json").write_text('{"run_id": "abc123"}')
+    with pytest.raises(DscoError, match="is an output, not a run: its latest run is"):
+        RunDatasource(str(tmp_path), 0.05, 0.1)
+    with pytest.raises(DscoError, match="waited 0.1 s for the run .* to start"):
+        RunDatasource(str(tmp_path / "not_started"), 0.05, 0.1)
+    assert "waiting for the run at" in caplog.text
 
 
 def kill_mid_run_then_resume(out_url: str, env: dict, prior, data) -> str:

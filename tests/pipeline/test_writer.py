@@ -104,6 +104,39 @@ def test_reader_refuses_a_modified_shard(finished_run, tmp_path):
         list(iter_samples(run_url))
 
 
+def test_a_shard_deleted_from_a_run_is_named(finished_run, tmp_path):
+    run_url, _ = finished_run
+    (tmp_path / "run1" / "shards" / "000001.tar").unlink()
+    with pytest.raises(DscoError, match="shard shards/000001.tar is listed in the index .* but "
+                                        "missing"):
+        list(iter_samples(run_url))
+
+
+def test_reading_a_run_that_is_not_complete_takes_partial(tmp_path):
+    writer, plan = new_run(str(tmp_path))
+    writer.start(plan.num_shards)
+    writer.write_unit(plan.units[0], unit_output(plan.units[0]))
+    run_url = join(str(tmp_path), "run1")
+    with pytest.raises(DscoError, match=f"is not complete \\(2 of {plan.num_shards} shards"):
+        list(iter_samples(run_url))
+    assert len(list(iter_samples(run_url, partial=True))) == plan.units[0].num_samples
+
+
+def test_dataloader_workers_and_training_processes_each_read_their_own_shards(finished_run):
+    import webdataset as wds
+
+    from pipeline.follow import webdataset_of_run
+
+    run_url, plan = finished_run
+    keys = sorted(s["__key__"] for s in iter_samples(run_url))
+    loader = wds.WebLoader(webdataset_of_run(run_url, 0.01, 30), batch_size=None,
+                           num_workers=2)
+    assert sorted(s["__key__"] for s in loader) == keys  # each sample once, not once a worker
+    ranks = [[s["__key__"] for s in webdataset_of_run(run_url, 0.01, 30, rank, 2)]
+             for rank in (0, 1)]
+    assert ranks[0] and ranks[1] and sorted(ranks[0] + ranks[1]) == keys
+
+
 def test_writes_are_byte_identical_across_runs(tmp_path):
     write_run(str(tmp_path / "a"))
     write_run(str(tmp_path / "b"))
