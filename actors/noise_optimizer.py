@@ -17,7 +17,7 @@ class NoiseOptimizer:
     """Wraps :class:`NoiseOptimizerStage`; uses only the accelerator Ray assigned to it."""
 
     def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
-                 threads: int, class_map: list[int] | None = None):
+                 threads: int, class_map: list[int] | None = None, progress: bool = True):
         # torch and diffusers load here, in the actor's process: the driver that only creates
         # actors never imports them (importing the driver took 9.1 s with them, 1.1 s without)
         import torch
@@ -30,6 +30,7 @@ class NoiseOptimizer:
         self.device = torch_device_for(self.gpu_ids)
         self.stage = NoiseOptimizerStage(model_path, cfg, seed, class_names, self.device,
                                          class_map)
+        self.progress = progress  # a bar per unit (the driver's --quiet turns them off)
 
     def placement(self) -> dict:
         """Where this actor runs: node, assigned GPU ids, visible devices and torch device."""
@@ -43,7 +44,7 @@ class NoiseOptimizer:
         """Run NOpt for ``unit``; returns (small status for the driver, the unit's output)."""
         started = time.time()
         bar = None
-        if self.stage.cfg.iterations and unit.needs_nopt:
+        if self.progress and self.stage.cfg.iterations and unit.needs_nopt:
             bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
                                 desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
         try:

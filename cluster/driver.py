@@ -162,7 +162,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
 
     def start_actor(shape):
         return NoiseOptimizer.options(**shape.options()).remote(
-            cfg.model.path, cfg.nopt, cfg.seed, class_names, shape.threads, cfg.model.class_map)
+            cfg.model.path, cfg.nopt, cfg.seed, class_names, shape.threads, cfg.model.class_map,
+            progress)
 
     pool = OptimizerPool(
         lambda remaining: optimizer_shape(cfg.execution, ray.cluster_resources(), remaining),
