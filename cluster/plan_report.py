@@ -63,7 +63,8 @@ def class_sizes(cfg: JobConfig, classes: int | None, samples_per_class: int | No
         raise DscoError("dsco plan cannot tell how many classes the job has: neither model.path "
                         f"({cfg.model.path!r}) nor input.url ({cfg.input.url!r}) is readable "
                         "and input.num_classes is not set. Pass --classes N (for example 1000 "
-                        "for ImageNet-1K).")
+                        "for ImageNet-1K, 10 for digits), or make the data readable here (for "
+                        "digits: `dsco prepare-digits --out data/digits`).")
     if not cfg.uses_real_data():
         return ClassSizes([0] * count, kind, notes)
     if samples_per_class is not None:
