@@ -8,7 +8,6 @@ to ``FIT_SAMPLES`` images), so every actor embeds with the same fixed encoder.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -72,9 +72,11 @@ def check_model_files(model_dir: str, components: tuple[str, ...]) -> None:
             if os.path.isdir(folder) else []
         if not weights:
             problems.append(f"{component}/ has no weights file ({' or '.join(WEIGHTS_SUFFIXES)})")
-        problems += [f"{component}/{name} {why}" for name in weights
-                     if name.endswith(".safetensors")
-                     for why in [safetensors_problem(os.path.join(folder, name))] if why]
+        for name in weights:
+            why = safetensors_problem(os.path.join(folder, name)) \
+                if name.endswith(".safetensors") else None
+            if why:
+                problems.append(f"{component}/{name} {why}")
     if problems:
         raise DscoError(f"model.path {model_dir!r} is incomplete: {'; '.join(problems)}. Copy "
                         "the whole model directory again, or for a DsCo prior retrain it with "
