@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -77,8 +78,12 @@ def _cmd_follow(args: argparse.Namespace) -> int:
     def waiting(run_url: str) -> None:
         print(f"waiting for the run at {run_url} to start (no index.json yet)", file=sys.stderr)
 
-    for shard in follow_run(args.index_url, args.poll, args.timeout, not args.no_verify, waiting):
-        print(f"{shard.generation} {shard.url} {shard.size} {shard.sha256}", flush=True)
+    try:
+        for shard in follow_run(args.index_url, args.poll, args.timeout, not args.no_verify,
+                                waiting):
+            print(f"{shard.generation} {shard.url} {shard.size} {shard.sha256}", flush=True)
+    except BrokenPipeError:  # the reader stopped (`dsco follow ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
     return 0
 
 

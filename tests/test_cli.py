@@ -143,3 +143,16 @@ def test_ctrl_c_exits_130_saying_a_rerun_resumes(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("cluster.cli._cmd_runs", interrupted)
     assert main(["runs", str(tmp_path)]) == 130
     assert "the same command resumes it" in capsys.readouterr().err
+
+
+def test_follow_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    from tests.pipeline.test_writer import write_run
+
+    writer, _ = write_run(str(tmp_path))
+    writer.finalize([str(i) for i in range(5)], started=0.0)
+    follow = subprocess.Popen([sys.executable, "-m", "cluster.cli", "follow",
+                               str(tmp_path / "run1")], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    follow.stdout.close()  # like `| head -0`: every line it prints meets a closed pipe
+    err = follow.stderr.read().decode()
+    assert follow.wait(timeout=120) == 0 and "Traceback" not in err
