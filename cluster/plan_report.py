@@ -114,6 +114,11 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
     if cfg.uses_real_data():
         lines.append(_doping(cfg, plan.num_samples - synthetic, counted.real_known))
     lines += [f"note: {n}" for n in counted.notes]
+    if cfg.size.ipc is not None and counted.real_known and cfg.uses_real_data() \
+            and counted.sizes and max(counted.sizes) < cfg.size.ipc:
+        lines.append(f"note: size.ipc {cfg.size.ipc} is above every class's real samples "
+                     f"(largest {max(counted.sizes)}): the set is larger than the data, and "
+                     "what the real samples cannot fill is synthetic")
     lines += [f"note: pretrained weights missing: {w} (a pretrained:<path> feature map); the "
               "run needs the file at that path on the driver's node and every worker"
               for w in pretrained_weights(cfg) if not os.path.isfile(w)]

@@ -132,3 +132,10 @@ def test_a_class_count_the_run_would_refuse_fails_the_plan(capsys, tiny_prior, d
     code, _, err = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
                         f"input.url={digits_dir / 'train'}", "--set", "input.num_classes=3")
     assert code == 2 and "input.num_classes is 3 but" in err and "has 10 classes" in err
+
+
+def test_an_ipc_above_every_class_size_is_pointed_out(capsys, tiny_prior, digits_dir):
+    code, out, _ = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
+                        f"input.url={digits_dir / 'train'}", "--set", "size.ipc=1000")
+    assert code == 0 and "(8563 synthetic, 1437 real)" in out
+    assert "note: size.ipc 1000 is above every class's real samples (largest" in out
