@@ -15,7 +15,7 @@ set the exit status. Prints a markdown table (also written to FILE) with cells f
 one run or not comparable listed under it, and exits 1 when a comparable cell of several sets
 differs, or when a cell of OLD is missing from NEW or cannot be paired with it (the run does not
 reproduce the whole table; ``--partial`` checks only the cells both have, as for a run still
-going), else 0; 2 when a results file cannot be read.
+going) or when no cell pairs at all, else 0; 2 when a results file cannot be read.
 """
 from __future__ import annotations
 
@@ -141,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         text += (f"Not a full reproduction: the new run lacks or cannot pair {len(missing)} of "
                  f"the old run's {len(old['cells'])} cells (listed above); --partial checks only "
                  "the cells both runs have.\n")
+    if not comparison["rows"]:
+        text += "No cell of the two runs could be paired: nothing was checked.\n"
     print(text, end="")
     if args.markdown:
         write_bytes(args.markdown, text.encode())
-    return int(bool(failing(comparison)) or (bool(missing) and not args.partial))
+    return int(bool(failing(comparison)) or (bool(missing) and not args.partial)
+               or not comparison["rows"])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ Needs the data and prior of a quality-benchmark folder (``dsco bench quality`` m
 Adds the seeds to the cell's entry in benchmarks/results/more_draws.json. Resumable: the built
 sets are the job's runs (reused by run_id), and a seed whose set has the same run_id and recipe
 in the json is not retrained. An entry made under another recipe or job config (a default
-changed since) is started afresh, so one entry never mixes draws of two configs.
+changed since, or another folder's data and prior) is moved to "<cell> [run <its first
+run_id>]" and the cell starts afresh, so one entry never mixes draws of two configs and none
+is lost.
 """
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
     config = draw_config(job_config(out, cell, settings.job_overrides, seeds[0]))
     entry = saved["cells"].get(key)
     if entry is None or entry["recipe"] != asdict(recipe) or entry.get("job_config") != config:
+        if entry and entry["draws"]:  # kept, under its first draw's run_id, never mixed in
+            first = next(iter(entry["draws"].values()))["run_id"]
+            saved["cells"][f"{key} [run {first}]"] = entry
         entry = {"recipe": asdict(recipe), "job_config": config, "draws": {}}
     jobs = build_sets(out, cell, settings.job_overrides, progress)
     new = [(seed, job) for seed, job in zip(seeds, jobs)
@@ -71,7 +76,7 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
 
 def draw_config(cfg: JobConfig) -> dict:
     """What the draws of one entry must share: the job's config but for its seed and output.
-    Draws made under another config (a changed default, say) are dropped, never mixed in."""
+    Draws made under another config (a changed default, say) are set aside, never mixed in."""
     settings = cfg.to_dict()
     settings.pop("seed")
     settings.pop("output")

@@ -76,7 +76,8 @@ def _check_more_draws(out, results):
         assert cell["summary"][arch]["mean"] == pytest.approx(
             (cell["draws"]["0"][arch] + cell["draws"]["1"][arch]) / 2)
     assert json.loads(saved.read_text())["cells"]["random real @ IPC 10"] == cell
-    # draws made under another job config (here: as if a default had changed since) are dropped
+    # draws made under another job config (here: as if a default had changed since) are set
+    # aside under their first run_id, not mixed in and not lost
     stale = json.loads(saved.read_text())
     stale["cells"]["random real @ IPC 10"]["job_config"]["nopt"]["iterations"] += 1
     saved.write_text(json.dumps(stale))
@@ -84,6 +85,9 @@ def _check_more_draws(out, results):
                            str(saved), False)
     assert list(fresh["draws"]) == ["1"] and fresh["draws"]["1"] == cell["draws"]["1"]
     assert fresh["job_config"] == cell["job_config"]
+    kept = json.loads(saved.read_text())["cells"][
+        f"random real @ IPC 10 [run {table['run_ids'][0]}]"]
+    assert kept["draws"] == cell["draws"]
     with pytest.raises(SystemExit, match="unknown method 'dsco'"):
         run_more_draws(str(out), "dsco", "IPC 10", [0], BenchSettings.quick(), str(saved), False)
 

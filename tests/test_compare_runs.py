@@ -105,6 +105,9 @@ def test_a_run_missing_cells_of_the_old_one_fails_unless_partial(tmp_path, capsy
     assert "lacks or cannot pair 1 of the old run's 2 cells" in capsys.readouterr().out
     assert main([new, old, "--partial"]) == 0
     assert main([old, new]) == 0  # cells only in the new run are listed, not failed
+    empty = write(tmp_path / "empty.json", {})
+    assert main([empty, old, "--partial"]) == 1  # nothing paired is not a pass
+    assert "nothing was checked" in capsys.readouterr().out
 
 
 def test_a_pipe_is_named_as_a_pipe_not_a_bucket(tmp_path, capsys):
