@@ -30,6 +30,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks import run_command
 from benchmarks.set_training import save_sets, train_saved_sets
 from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
@@ -172,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

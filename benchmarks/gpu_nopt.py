@@ -24,6 +24,7 @@ import time
 import torch
 from diffusers import DDIMScheduler
 
+from benchmarks import run_command
 from benchmarks.dit_models import DIT_XL2_256, TINY, DiTSpec, build_dit_pipeline
 from pipeline.config import NoptConfig
 from pipeline.latent_prior import LatentDiTBackend
@@ -183,4 +184,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

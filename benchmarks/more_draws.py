@@ -26,6 +26,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from benchmarks import run_command
 from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, build_sets, \
     check_size, evaluate_sets, job_config
 from pipeline.config import JobConfig
@@ -112,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

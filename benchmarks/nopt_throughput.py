@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from benchmarks import run_command
 from pipeline.config import NoptConfig
 from pipeline.nopt import optimize_classes
 from pipeline.prior import load_prior
@@ -60,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

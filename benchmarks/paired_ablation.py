@@ -1,8 +1,8 @@
 """One DsCo setting changed, over every set of the quality benchmark, paired with its DsCo cell.
 
 The benchmark's ablation rows build one set (job seed 0) and train it 10 times, so they measure
-the training's noise on one draw; at IPC 10 which set a seed draws moves a cell more (the
-default's seed-0 set is 96.2 / 93.9 over 10 trainings, its ten sets 96.4 / 94.6 with one each).
+the training's noise on one draw; at IPC 10 which set a seed draws moves a cell more than
+retraining one set does (docs/method.md, "The selection study").
 This builds DsCo with the changed setting for every seed of the main table, through the same
 job, trains each set once with that seed like the table does, and reports the difference to
 the table's DsCo cell seed by seed: its mean and standard error.
@@ -12,11 +12,13 @@ the table's DsCo cell seed by seed: its mean and standard error.
 
 Needs the data and prior of a quality-benchmark folder OUT and the default DsCo's accuracies
 for the table's seeds: the DsCo cell of OUT's results.json (a finished full benchmark) or,
-without one, the DsCo draws at that size in benchmarks/results/more_draws.json when they cover
-those seeds under today's job config (``python -m benchmarks.more_draws --method DsCo
---first-seed 0 --seeds 10`` makes them). Appends (or replaces) the variant's row in
-benchmarks/results/paired_ablations.json; a row of the same variant paired with another base
-(measured under an older default) stays, renamed "<row> [base <its first base run_id>]".
+without one, the DsCo draws at that size in ``--draws`` (benchmarks/results/more_draws.json)
+when they cover those seeds under today's job config (``python -m benchmarks.more_draws --out
+OUT --method DsCo --size "IPC 10" --first-seed 0 --seeds 10 --results DRAWS`` makes them).
+Appends (or replaces) the variant's row in ``--results``
+(benchmarks/results/paired_ablations.json); a row of the same variant paired with another base
+(measured under an older default) stays, renamed "<row> [base <its first base run_id>]". The
+overrides are checked first: a bad one exits 2 naming it, as `dsco run` does.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from benchmarks import run_command
 from benchmarks.more_draws import OUT as DRAWS
 from benchmarks.more_draws import draw_config
 from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, build_sets, \
@@ -96,13 +99,14 @@ def run_paired(out: str, size: str, overrides: list[str],
     its row, also saved in ``results_path``."""
     check_size(size)
     settings = settings or BenchSettings.full(ablations=False)
+    variant = Cell("paired ablation", size, overrides, settings.seeds)
+    job_config(out, variant, settings.job_overrides, settings.seeds[0])  # bad overrides fail here
     recipe, seeds = settings.recipe, list(settings.seeds)
     recipe_key = asdict(recipe)  # what a benchmark cell records of its recipe
     base = base_cell(out, size, settings, recipe_key, draws_path)
     name = f"{size}: {' '.join(overrides)}"
     saved = read_json(results_path) or {"rows": {}}
-    jobs = build_sets(out, Cell("paired ablation", size, overrides, settings.seeds),
-                      settings.job_overrides, progress)
+    jobs = build_sets(out, variant, settings.job_overrides, progress)
     run_ids = [job.run_id for job in jobs]
     row = saved["rows"].get(name)
     if row and row["run_ids"] == run_ids and row["base_run_ids"] == base["run_ids"] \
@@ -139,14 +143,18 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="a quality-benchmark folder")
     parser.add_argument("--size", required=True, help=SIZE_HELP)
     parser.add_argument("overrides", nargs="+", help="job settings, as for `dsco run --set`")
+    parser.add_argument("--results", default=OUT, help="the json the rows are kept in")
+    parser.add_argument("--draws", default=DRAWS, help="more_draws' json, the base when OUT "
+                        "has no DsCo cell")
     args = parser.parse_args()
-    row = run_paired(args.out, args.size, args.overrides)
+    row = run_paired(args.out, args.size, args.overrides, results_path=args.results,
+                     draws_path=args.draws)
     for arch in ARCHS:
         r, diff = row[arch], row[arch]["difference"]
         print(f"{arch}: {r['mean']:.2f} against DsCo {r['base_mean']:.2f}: paired difference "
               f"{diff['mean']:+.2f} ± {diff['stderr']:.2f}")
-    print(f"wrote {OUT}")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

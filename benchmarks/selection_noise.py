@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from benchmarks import run_command
 from benchmarks.set_training import read_results, save_sets, saved_meta, train_saved_sets
 from pipeline.class_store import InMemoryStore
 from pipeline.config import DopingConfig
@@ -162,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)
