@@ -38,7 +38,12 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             options["client_kwargs"] = {"endpoint_url": endpoint}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
-    except (ImportError, ValueError) as exc:
+    except ImportError as exc:  # a protocol whose fsspec backend is not installed
+        raise DscoError(f"cannot open storage URL {url!r}: its filesystem is not installed "
+                        f"({exc}). Local paths and s3:// work out of the box; for another "
+                        "protocol install its fsspec backend in the version matching fsspec "
+                        f"{fsspec.__version__} (gs://: gcsfs) on every node.") from exc
+    except ValueError as exc:
         raise DscoError(f"cannot open storage URL {url!r}: {exc}. Use a local path, "
                         "s3://bucket/prefix or gs://bucket/prefix.") from exc
     return fs, path

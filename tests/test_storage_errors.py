@@ -42,3 +42,14 @@ def test_corrupt_json_is_named_with_its_path(tmp_path):
     (tmp_path / "index.json").write_text('{"complete": tr')
     with pytest.raises(DscoError, match=r"index.json is not valid JSON .*corrupt or was cut off"):
         read_json(str(tmp_path / "index.json"))
+
+
+def test_a_protocol_without_its_filesystem_says_what_to_install(monkeypatch):
+    from pipeline.storage import filesystem
+
+    def not_installed(url, **options):  # what fsspec raises for gs:// without gcsfs
+        raise ImportError("Install gcsfs to access Google Storage")
+
+    monkeypatch.setattr("fsspec.core.url_to_fs", not_installed)
+    with pytest.raises(DscoError, match="its filesystem is not installed .*gs://: gcsfs"):
+        filesystem("gs://bucket/runs")
