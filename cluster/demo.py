@@ -5,6 +5,7 @@ DsCo run, DESIGN.md layout), baselines/<run_id>/ (plain sampling, random real), 
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict
 
@@ -12,6 +13,7 @@ from cluster.driver import JobResult, run_job
 from pipeline.config import JobConfig, load_config
 from pipeline.datasets import read_dataset
 from pipeline.digits import prepare_digits
+from pipeline.errors import DscoError
 from pipeline.evaluation import TrainRecipe, evaluate_set
 from pipeline.prior_meta import PRIOR_META
 from pipeline.prior_training import PriorTrainingConfig, train_prior
@@ -32,11 +34,25 @@ def demo_config(out: str, ipc: int, doping_fraction: float, data_free: bool,
 
 
 def ensure_prior(out: str, prior_cfg: PriorTrainingConfig, progress: bool) -> str:
-    """Train the digits prior once; later demos reuse it."""
+    """Train the digits prior once; later calls reuse it, provided it was trained with
+    ``prior_cfg`` (recorded beside it in OUT/prior_training.json, outside the prior so the
+    runs' model fingerprint stays the prior's own files). A prior trained with other settings
+    (a --quick folder's tiny one, say) is refused rather than silently used."""
     model_dir = os.path.join(out, "prior")
+    record = join(out, "prior_training.json")
+    wanted = json.loads(json.dumps(asdict(prior_cfg)))  # tuples as the json gives them back
     if not os.path.isfile(os.path.join(model_dir, PRIOR_META)):
         train_prior(read_dataset(join(out, "data", "train"), "webdataset"), model_dir,
                     prior_cfg, progress=progress)
+        write_json(record, wanted)
+    trained = read_json(record)
+    if trained is not None and trained != wanted:  # None: trained before the record existed
+        changed = sorted(k for k in wanted if trained.get(k) != wanted[k])
+        had = ", ".join(f"{k}={trained.get(k)}" for k in changed)
+        needs = ", ".join(f"{k}={wanted[k]}" for k in changed)
+        raise DscoError(f"{model_dir} was trained with other settings ({had}; this needs "
+                        f"{needs}): use another --out, or delete {model_dir} and {record} to "
+                        "retrain it.")
     return model_dir
 
 
