@@ -1,7 +1,8 @@
 """`dsco demo`: digits end to end on local Ray, then a from-scratch evaluation against baselines.
 
-Layout under --out: data/ (digits shards), prior/ (the trained prior, reused), <run_id>/ (the
-DsCo run, DESIGN.md layout), baselines/<run_id>/ (plain sampling, random real), latest.json.
+Layout under --out: data/ (digits shards), prior/ (the trained prior, reused) and
+prior_training.json (the settings it was trained with), <run_id>/ (the DsCo run, DESIGN.md
+layout), baselines/<run_id>/ (plain sampling, random real), latest.json.
 """
 from __future__ import annotations
 
