@@ -34,6 +34,7 @@ from benchmarks import run_command
 from benchmarks.set_training import save_sets, train_saved_sets
 from pipeline.config import NoptConfig
 from pipeline.datasets import read_dataset
+from pipeline.errors import DscoError
 from pipeline.tensors import to_model_space, to_uint8
 from pipeline.nopt import optimize_classes
 from pipeline.prior import load_prior
@@ -73,8 +74,8 @@ def cpu_sets(folder: str, seeds: list[int], labels: np.ndarray) -> list[dict]:
     for seed in seeds:
         paths = glob.glob(os.path.join(folder, f"*_s{seed}.npz"))
         if len(paths) != 1:
-            raise SystemExit(f"--cpu-sets {folder} needs exactly one *_s{seed}.npz for seed "
-                             f"{seed}; it has {len(paths)}.")
+            raise DscoError(f"--cpu-sets {folder} needs exactly one *_s{seed}.npz for seed "
+                            f"{seed}; it has {len(paths)}.")
         with np.load(paths[0]) as data:
             sets.append({"group": "cpu fp32 (reference)", "seed": seed,
                          "images": data["images"], "labels": labels})
@@ -119,8 +120,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke run of this script")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("benchmarks.gpu_digits needs a CUDA GPU and none is visible here; run it "
-                         "on a GPU machine, or pass --device cpu for a smoke run.")
+        raise DscoError("benchmarks.gpu_digits needs a CUDA GPU and none is visible here; run it "
+                        "on a GPU machine, or pass --device cpu for a smoke run.")
     os.makedirs(args.out, exist_ok=True)
     train = read_dataset(os.path.join(args.data, "train"), "webdataset")
     test = read_dataset(os.path.join(args.data, "test"), "webdataset")

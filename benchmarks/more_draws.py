@@ -31,6 +31,7 @@ from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, b
     check_size, evaluate_sets, job_config
 from pipeline.config import JobConfig
 from pipeline.datasets import read_dataset
+from pipeline.errors import DscoError
 from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_json
 
@@ -45,7 +46,7 @@ def run_more_draws(out: str, method: str, size: str, seeds: list[int],
     per seed its run_id and one accuracy per architecture, plus the mean and standard error
     over every seed it holds."""
     if method not in METHODS:
-        raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise DscoError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     check_size(size)
     settings = settings or BenchSettings.full(ablations=False)
     recipe = settings.recipe

@@ -34,6 +34,7 @@ from benchmarks.more_draws import draw_config
 from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, build_sets, \
     check_size, evaluate_sets, job_config
 from pipeline.datasets import read_dataset
+from pipeline.errors import DscoError
 from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_json
 
@@ -52,7 +53,7 @@ def base_cell(out: str, size: str, settings: BenchSettings, recipe: dict,
               draws_path: str = DRAWS) -> dict:
     """The default DsCo at ``size`` for the seeds of ``settings``, one training per set under
     ``recipe``: the benchmark's DsCo cell from OUT's results.json, or else the same sets' draws
-    from ``draws_path`` (benchmarks.more_draws); exits when neither has them."""
+    from ``draws_path`` (benchmarks.more_draws); fails (DscoError) when neither has them."""
     seeds = list(settings.seeds)
     cell = (read_json(join(out, "results.json")) or {}).get("cells", {}).get(f"DsCo @ {size}")
     if cell is not None and cell["seeds"] == seeds and cell.get("recipe") == recipe \
@@ -60,13 +61,13 @@ def base_cell(out: str, size: str, settings: BenchSettings, recipe: dict,
         return cell
     drawn = drawn_cell(out, size, settings, recipe, draws_path)
     if drawn is None:
-        raise SystemExit(f"no DsCo @ {size} cell with seeds {seeds}, one training per set and "
-                         "the current training recipe in the benchmark's results.json, nor "
-                         f"DsCo draws at {size} for those seeds under today's job config in "
-                         f"{draws_path}: run `dsco bench quality --out DIR` (or `python -m "
-                         f"benchmarks.more_draws --out DIR --method DsCo --size '{size}' "
-                         f"--first-seed {seeds[0]} --seeds {len(seeds)}`) first, then pass "
-                         "the same DIR.")
+        raise DscoError(f"no DsCo @ {size} cell with seeds {seeds}, one training per set and "
+                        "the current training recipe in the benchmark's results.json, nor "
+                        f"DsCo draws at {size} for those seeds under today's job config in "
+                        f"{draws_path}: run `dsco bench quality --out DIR` (or `python -m "
+                        f"benchmarks.more_draws --out DIR --method DsCo --size '{size}' "
+                        f"--first-seed {seeds[0]} --seeds {len(seeds)}`) first, then pass "
+                        "the same DIR.")
     return drawn
 
 

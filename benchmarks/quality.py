@@ -20,6 +20,7 @@ from cluster.driver import run_job
 from pipeline.config import JobConfig, load_config
 from pipeline.datasets import read_dataset
 from pipeline.digits import prepare_digits
+from pipeline.errors import DscoError
 from pipeline.evaluation import TrainRecipe
 from pipeline.prior_training import PriorTrainingConfig
 from pipeline.reader import load_run_images
@@ -81,9 +82,9 @@ SIZE_HELP = "one of " + ", ".join(SIZES).replace("%", "%%")
 
 
 def check_size(size: str) -> None:
-    """Exit with the sizes to choose from unless ``size`` is one of the benchmark's."""
+    """Fail, naming the sizes to choose from, unless ``size`` is one of the benchmark's."""
     if size not in SIZES:
-        raise SystemExit(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+        raise DscoError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}.")
 
 
 @dataclass(frozen=True)

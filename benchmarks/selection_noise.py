@@ -33,6 +33,7 @@ from pipeline.config import DopingConfig
 from pipeline.datasets import read_dataset
 from pipeline.doping import (boundary_weights, facility_location, herding, kcenter, mmd_herding,
                              random_pick)
+from pipeline.errors import DscoError
 from pipeline.selection import distances_to_other_classes
 
 OUT = os.path.join(os.path.dirname(__file__), "results", "selection_noise.json")
@@ -87,12 +88,20 @@ def select_sets(out: str, draws: range, sizes: list[str], selectors: list[str] |
     return sets
 
 
+def checked_sizes(sizes: list[str]) -> list[str]:
+    """``sizes`` as given; an unknown one fails before any work."""
+    unknown = [size for size in sizes if size not in BUDGETS]
+    if unknown:
+        raise DscoError(f"unknown size {unknown[0]!r}; choose among: {', '.join(BUDGETS)}.")
+    return sizes
+
+
 def checked_selectors(names: list[str] | None) -> list[str]:
-    """``names`` in the study's order (all selectors when None); an unknown name exits."""
+    """``names`` in the study's order (all selectors when None); an unknown name fails."""
     unknown = sorted(set(names or []) - set(SELECTORS))
     if unknown:
-        raise SystemExit(f"unknown selector {unknown[0]!r}; choose among: "
-                         + "; ".join(SELECTORS))
+        raise DscoError(f"unknown selector {unknown[0]!r}; choose among: "
+                        + "; ".join(SELECTORS))
     return [name for name in SELECTORS if names is None or name in names]
 
 
@@ -134,21 +143,21 @@ def main() -> None:
     parser.add_argument("--sets-only", action="store_true")
     parser.add_argument("--encoder", default="random_conv", help="psi (doping.encoder)")
     args = parser.parse_args()
+    sizes, selectors = checked_sizes(args.sizes.split(",")), checked_selectors(args.selector)
     study = os.path.join(args.out, args.study)
     os.makedirs(study, exist_ok=True)
     sets_path, results = os.path.join(study, "sets.npz"), os.path.join(study, "results.jsonl")
     draws = range(args.first_draw, args.first_draw + args.draws)
-    sizes, selectors = args.sizes.split(","), checked_selectors(args.selector)
     if not os.path.exists(sets_path):
         test = read_dataset(os.path.join(args.out, "data", "test"), "webdataset")
         sets = select_sets(args.out, draws, sizes, selectors, args.encoder)
         save_sets(sets_path, sets, test.images, test.labels, len(test.class_names))
     elif saved_study(sets_path) != (list(draws), sorted(sizes), sorted(selectors),
                                     [args.encoder]):
-        raise SystemExit(f"{sets_path} holds a study of other draws, sizes, selectors or psi "
-                         f"than --first-draw {args.first_draw} --draws {args.draws} --sizes "
-                         f"{args.sizes!r}, --selector and --encoder {args.encoder} ask for; "
-                         f"move {study} away or pass another --study to start this one.")
+        raise DscoError(f"{sets_path} holds a study of other draws, sizes, selectors or psi "
+                        f"than --first-draw {args.first_draw} --draws {args.draws} --sizes "
+                        f"{args.sizes!r}, --selector and --encoder {args.encoder} ask for; "
+                        f"move {study} away or pass another --study to start this one.")
     if args.sets_only:
         print(f"wrote {sets_path}; train it with python -m benchmarks.set_training")
         return

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cluster.cli import main
+from pipeline.errors import DscoError
 
 pytestmark = pytest.mark.ray
 
@@ -55,7 +56,7 @@ def _check_paired_ablation(out, results):
             table_row["mean"] - dsco[arch]["mean"])
     assert set(json.loads(saved.read_text())["rows"]) == {
         "IPC 10: ", "IPC 10: nopt.iterations=0 size.crossover_ipc=null"}
-    with pytest.raises(SystemExit, match="no DsCo @ IPC 50 cell"):
+    with pytest.raises(DscoError, match="no DsCo @ IPC 50 cell"):
         run_paired(str(out), "IPC 50", [], BenchSettings.quick(), str(saved), False)
 
 
@@ -88,7 +89,7 @@ def _check_more_draws(out, results):
     kept = json.loads(saved.read_text())["cells"][
         f"random real @ IPC 10 [run {table['run_ids'][0]}]"]
     assert kept["draws"] == cell["draws"]
-    with pytest.raises(SystemExit, match="unknown method 'dsco'"):
+    with pytest.raises(DscoError, match="unknown method 'dsco'"):
         run_more_draws(str(out), "dsco", "IPC 10", [0], BenchSettings.quick(), str(saved), False)
 
 
@@ -102,7 +103,7 @@ def _check_paired_ablation_against_draws(out, results):
     dsco = results["cells"]["DsCo @ IPC 10"]
     (out / "results.json").rename(out / "results.hidden.json")
     try:
-        with pytest.raises(SystemExit, match="nor DsCo draws at IPC 10"):
+        with pytest.raises(DscoError, match="nor DsCo draws at IPC 10"):
             run_paired(str(out), "IPC 10", [], BenchSettings.quick(), str(saved), False,
                        str(draws))
         run_more_draws(str(out), "DsCo", "IPC 10", [0], BenchSettings.quick(), str(draws),
@@ -117,7 +118,7 @@ def _check_paired_ablation_against_draws(out, results):
         stale = json.loads(draws.read_text())
         stale["cells"]["DsCo @ IPC 10"]["job_config"]["nopt"]["iterations"] += 1
         draws.write_text(json.dumps(stale))
-        with pytest.raises(SystemExit, match="no DsCo @ IPC 10 cell"):
+        with pytest.raises(DscoError, match="no DsCo @ IPC 10 cell"):
             run_paired(str(out), "IPC 10", [], BenchSettings.quick(), str(saved), False,
                        str(draws))
     finally:

@@ -2,6 +2,7 @@
 import pytest
 
 from benchmarks import gpu_digits
+from pipeline.errors import DscoError
 
 
 def test_summary_pairs_groups_seed_by_seed():
@@ -21,5 +22,5 @@ def test_summary_pairs_groups_seed_by_seed():
 def test_refuses_to_run_without_a_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     monkeypatch.setattr("sys.argv", ["gpu_digits", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--device cpu"):
+    with pytest.raises(DscoError, match="--device cpu"):
         gpu_digits.main()

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.selection_noise import SELECTORS, checked_selectors, select_sets
+from benchmarks.selection_noise import SELECTORS, checked_selectors, checked_sizes, select_sets
+from pipeline.errors import DscoError
 
 
 def test_a_study_can_be_limited_to_some_selectors(digits_dir, tmp_path):
@@ -20,5 +21,8 @@ def test_a_study_can_be_limited_to_some_selectors(digits_dir, tmp_path):
 def test_selector_names_are_checked_and_kept_in_the_study_order():
     assert checked_selectors(None) == list(SELECTORS)
     assert checked_selectors(["random", "k-center"]) == ["k-center", "random"]
-    with pytest.raises(SystemExit, match="unknown selector 'kcenter'"):
+    with pytest.raises(DscoError, match="unknown selector 'kcenter'"):
         checked_selectors(["kcenter"])
+    assert checked_sizes(["IPC 10"]) == ["IPC 10"]
+    with pytest.raises(DscoError, match="unknown size 'IPC 5'"):
+        checked_sizes(["IPC 5"])
