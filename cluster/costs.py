@@ -54,6 +54,8 @@ def _cpu_cost(kind: str) -> StepCost | None:
     result = json.loads(path.read_text())
     best = min(result["rows"], key=lambda r: r["seconds_per_class_iteration"]
                if r["checkpointing"] else float("inf"))
-    seconds = best["seconds_per_class_iteration"] / (result["ipc"] * result["ddim_steps"])
+    # files from before the start part way along optimised through every sampler step
+    steps = result.get("optimised_steps", result["ddim_steps"])
+    seconds = best["seconds_per_class_iteration"] / (result["ipc"] * steps)
     return StepCost(seconds, f"{result['threads']} CPU threads ({result['machine']})",
                     f"benchmarks/results/{path.name}")

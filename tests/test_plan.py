@@ -139,3 +139,17 @@ def test_an_ipc_above_every_class_size_is_pointed_out(capsys, tiny_prior, digits
                         f"input.url={digits_dir / 'train'}", "--set", "size.ipc=1000")
     assert code == 0 and "(8563 synthetic, 1437 real)" in out
     assert "note: size.ipc 1000 is above every class's real samples (largest" in out
+
+
+def test_a_cpu_cost_measured_with_the_start_part_way_is_per_optimised_step(monkeypatch, tmp_path):
+    from cluster.costs import measured_step_cost
+
+    rows = [{"classes_per_call": 10, "checkpointing": True, "seconds_per_class_iteration": 1.0}]
+    measured = {"machine": "x", "threads": 2, "ipc": 10, "iterations": 10, "ddim_steps": 10,
+                "rows": rows}
+    monkeypatch.setattr("cluster.costs.RESULTS", tmp_path)
+    (tmp_path / "nopt_throughput.json").write_text(json.dumps(measured))  # all 10 steps
+    assert measured_step_cost("pixel_unet", "cpu").seconds == pytest.approx(1.0 / 100)
+    measured.update(start_fraction=0.5, optimised_steps=5)  # a rerun under today's default
+    (tmp_path / "nopt_throughput.json").write_text(json.dumps(measured))
+    assert measured_step_cost("pixel_unet", "cpu").seconds == pytest.approx(1.0 / 50)
