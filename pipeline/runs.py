@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import DscoError
 from pipeline.lock import LockHeld, OutputLock, lock_holder
-from pipeline.storage import delete, filesystem, join, read_json, with_retries
+from pipeline.storage import delete, exists, filesystem, join, read_json, with_retries
 
 NOT_RUNS = ("cache",)
 GC_LEASE_S = 60.0
@@ -39,7 +39,7 @@ def list_runs(output_url: str) -> list[RunInfo]:
         run_id = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if entry["type"] != "directory" or run_id in NOT_RUNS:
             continue
-        if read_json(join(output_url, run_id, "run_config.json")) is None:
+        if not exists(join(output_url, run_id, "run_config.json")):
             continue  # not a run (a prior, data or another output beside them): never touched
         index = read_json(join(output_url, run_id, "index.json")) or {}
         state = "complete" if index.get("complete") else \
