@@ -18,7 +18,11 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.errors import DscoError
 
 T = TypeVar("T")
-RETRIES = 4
+RETRIES = 5  # backoff 0.5 + 1 + 2 + 4 s: a storage outage of about 7 s is survived
+# botocore retries each request itself (up to 5 times with random backoff), under our
+# retries: an unreachable endpoint took 41 s to report. Ours are the one layer, unless the
+# user tunes botocore's through the standard variables.
+BOTOCORE_RETRY_VARS = ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
 try:  # S3 connection errors are botocore exceptions, not OSError
     from botocore.exceptions import BotoCoreError, NoCredentialsError
     RETRYABLE: tuple[type[BaseException], ...] = (OSError, BotoCoreError)
@@ -36,6 +40,8 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         endpoint = os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
+        if not any(os.environ.get(name) for name in BOTOCORE_RETRY_VARS):
+            options["config_kwargs"] = {"retries": {"mode": "standard", "total_max_attempts": 1}}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:  # a protocol whose fsspec backend is not installed

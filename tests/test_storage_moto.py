@@ -1,6 +1,7 @@
 """Object storage against moto's S3 server on 127.0.0.1 (the fast tier)."""
 import io
 import json
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -42,8 +43,20 @@ def test_unreachable_endpoint_is_explained(moto_env, monkeypatch):
     import fsspec
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries only add waiting
     fsspec.AbstractFileSystem.clear_instance_cache()
     monkeypatch.setattr("pipeline.storage.time.sleep", lambda s: None)
-    with pytest.raises(DscoError, match="AWS_ENDPOINT_URL"):
+    started = time.monotonic()
+    with pytest.raises(DscoError, match="failed after 5 tries.*AWS_ENDPOINT_URL"):
         write_bytes("s3://bucket/x.bin", b"1")
+    # our retries are the only layer: botocore's own (random backoff) took 41 s here
+    assert time.monotonic() - started < 5
+
+
+def test_botocore_retries_stay_the_users_to_configure(moto_env, monkeypatch):
+    from pipeline.storage import filesystem
+
+    fs, _ = filesystem("s3://bucket/a")
+    assert fs.config_kwargs["retries"]["total_max_attempts"] == 1  # no retry of its own
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    fs, _ = filesystem("s3://bucket/b")
+    assert "retries" not in fs.config_kwargs
