@@ -12,6 +12,7 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
+from cluster.resources import refuse_a_dead_cluster
 from pipeline.errors import DscoError
 from pipeline.follow import INDEX, refuse_an_output, run_url_of
 from pipeline.reader import samples_in_tar, verified_shard
@@ -25,6 +26,8 @@ def read_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
              num_cpus: float = 0.25) -> ray.data.Dataset:
     """A ``ray.data.Dataset`` of the run at ``url`` (its folder or index.json). Rows arrive
     as shards are committed; the dataset ends when every planned shard has been read."""
+    if not ray.is_initialized():  # Ray Data joins a cluster by itself: fail fast if it is gone
+        refuse_a_dead_cluster(None)
     return ray.data.read_datasource(RunDatasource(url, poll_s, timeout_s), num_cpus=num_cpus)
 
 

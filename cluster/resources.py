@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
+from ray._private import services as ray_services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import ExecutionConfig
@@ -17,6 +19,7 @@ def connect(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # under `ray job submit` the job's own runtime_env applies; add none here
+        refuse_a_dead_cluster(address)
         try:
             ray.init(address=address, log_to_driver=True)
         except ConnectionError as exc:
@@ -30,6 +33,36 @@ def connect(address: str | None) -> None:
         # --address auto)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=True)
+
+
+def refuse_a_dead_cluster(address: str | None) -> None:
+    """Fail at once where ``ray.init(address)`` would wait minutes for a cluster that is down.
+
+    ``address`` as ray.init takes it: HOST:PORT, ``auto``, or None (RAY_ADDRESS, else the
+    cluster the last `ray start` on this machine recorded, which outlives a cluster killed
+    without `ray stop`). Ray Client (ray://) and addresses Ray cannot parse are left to Ray.
+    """
+    if address and address.startswith("ray://"):
+        return
+    try:
+        gcs = ray_services.canonicalize_bootstrap_address(address)
+    except Exception:  # no cluster found, or an address Ray rejects: ray.init says it well
+        return
+    if gcs is None:  # ray.init starts a local Ray
+        return
+    host, _, port = gcs.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        source = (f"the address {address!r}" if address else
+                  f"RAY_ADDRESS {os.environ['RAY_ADDRESS']!r}" if os.environ.get("RAY_ADDRESS")
+                  else "the record of the last `ray start` on this machine")
+        raise DscoError(
+            f"no Ray cluster answers at {gcs} ({exc}), where {source} points; Ray would "
+            "wait minutes for it. Start that cluster (`ray start --head`), point --address or "
+            "RAY_ADDRESS at a running one, or, if a cluster on this machine was killed "
+            "without `ray stop`, clear its stale record with `ray stop --force` (a local Ray "
+            "is then started where no address is given).") from None
 
 
 # Storage settings the I/O actors need; forwarded from the driver's environment at submission

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray._common.utils import get_ray_address_file
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipeline.reader import read_index
@@ -35,9 +36,9 @@ def free_port() -> int:
 def ray_head():
     """`ray start --head --block` in its own process group; killed with the group after."""
     env = {**os.environ, **RAY_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--port", str(free_port()), "--dashboard-host", "127.0.0.1",
+           "--port", str(gcs), "--dashboard-host", "127.0.0.1",
            "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
            "--dashboard-agent-listen-port", str(free_port()), "--num-cpus", "2",
            "--num-gpus", "0", "--include-dashboard", "true", "--disable-usage-stats"]
@@ -49,6 +50,15 @@ def ray_head():
         yield address, env
     finally:
         stop_process_group(head)
+        forget_the_head(gcs)
+
+
+def forget_the_head(gcs_port: int) -> None:
+    """Delete `ray start`'s record of the head (what `ray stop` does): left behind, it makes a
+    later plain ray.init() on this machine wait minutes for the dead head."""
+    record = Path(get_ray_address_file(None))
+    if record.exists() and record.read_text().strip().endswith(f":{gcs_port}"):
+        record.unlink()
 
 
 def wait_for_dashboard(address: str, head: subprocess.Popen, timeout: float = 90) -> None:
