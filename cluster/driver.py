@@ -25,7 +25,7 @@ from pipeline.datasets import InputFile, list_input
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
-from pipeline.planning import WorkUnit, make_plan, pretrained_weights
+from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta
 from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
@@ -65,7 +65,8 @@ def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
 def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -> JobResult:
     """Run (or resume, or skip as up to date) the concentration job described by ``cfg``."""
     started = time.time()
-    meta = read_prior_meta(cfg.model.path)
+    check_selection_only(cfg, None)
+    meta = read_prior_meta(cfg.model.path) if cfg.model.path else None
     listing = input_listing(cfg)
     rid = fingerprint(cfg, listing)
     run_url = join(cfg.output, rid)

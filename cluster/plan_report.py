@@ -11,7 +11,7 @@ from pipeline.class_mapping import check_prior_fits
 from pipeline.config import JobConfig
 from pipeline.datasets import count_per_class
 from pipeline.errors import DscoError
-from pipeline.planning import Plan, make_plan, pretrained_weights
+from pipeline.planning import Plan, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta
 
 # With checkpointing an optimisation step costs about four forward passes (forward, recompute,
@@ -42,10 +42,14 @@ def class_sizes(cfg: JobConfig, classes: int | None, samples_per_class: int | No
     instead of failing where the plan can go on."""
     notes: list[str] = []
     meta = None
-    try:
-        meta = read_prior_meta(cfg.model.path)
-    except DscoError as exc:
-        notes.append(f"model missing: {exc}")
+    if not cfg.model.path:
+        check_selection_only(cfg, None)
+        notes.append("no model (model.path is empty): a selection of real images only")
+    else:
+        try:
+            meta = read_prior_meta(cfg.model.path)
+        except DscoError as exc:
+            notes.append(f"model missing: {exc}")
     kind = meta.kind if meta else (None if cfg.model.kind == "auto" else cfg.model.kind)
     if cfg.uses_real_data():
         try:

@@ -7,17 +7,20 @@ from pipeline.errors import DscoError
 from pipeline.prior_meta import PriorMeta
 
 
-def check_prior_fits(cfg: JobConfig, meta: PriorMeta, input_classes: int | None) -> None:
+def check_prior_fits(cfg: JobConfig, meta: PriorMeta | None, input_classes: int | None) -> None:
     """Raise DscoError if the prior is not the configured kind, or the input's classes (None
-    in pure data-free runs) do not match ``input.num_classes`` or the prior's classes."""
-    path = cfg.model.path
-    if cfg.model.kind not in ("auto", meta.kind):
-        raise DscoError(f"model.kind is {cfg.model.kind!r} but {path!r} holds a {meta.kind!r} "
-                        "prior; fix model.path or model.kind.")
+    in pure data-free runs) do not match ``input.num_classes`` or the prior's classes (``meta``
+    None: no prior, a selection of real images only)."""
     expected = cfg.input.num_classes
     if input_classes is not None and expected is not None and input_classes != expected:
         raise DscoError(f"input.num_classes is {expected} but {cfg.input.url!r} has "
                         f"{input_classes} classes; check input.url (or the setting).")
+    if meta is None:
+        return
+    path = cfg.model.path
+    if cfg.model.kind not in ("auto", meta.kind):
+        raise DscoError(f"model.kind is {cfg.model.kind!r} but {path!r} holds a {meta.kind!r} "
+                        "prior; fix model.path or model.kind.")
     class_map = cfg.model.class_map
     if class_map is not None:
         if input_classes is not None and len(class_map) != input_classes:

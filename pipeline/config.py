@@ -302,8 +302,13 @@ def validate(cfg: JobConfig) -> None:
              f"model.class_map has {len(cfg.model.class_map or [])} entries but "
              f"input.num_classes is {cfg.input.num_classes}; give one prior class per input "
              "class.")
-    _require(bool(cfg.model.path), "config key 'model.path' is empty: point it at a prior "
-             "directory (train one with `dsco train-prior`).")
+    # an empty model.path is a selection of real images only (planning.check_selection_only)
+    _require(bool(cfg.model.path) or not cfg.nopt.data_free, "config key 'model.path' is "
+             "empty, but a data-free job generates every image: point it at a prior directory "
+             "(train one with `dsco train-prior`).")
+    _require(bool(cfg.model.path) or cfg.model.class_map is None, "model.class_map maps the "
+             "input's classes onto a prior's, but model.path is empty: set model.path, or drop "
+             "model.class_map.")
     _require((size.ipc is None) != (size.fraction is None),
              f"set exactly one of size.ipc and size.fraction (got ipc={size.ipc}, "
              f"fraction={size.fraction}); use --set size.fraction=null to clear one.")

@@ -77,6 +77,26 @@ def class_budgets(cfg: JobConfig, class_sizes: list[int]) -> list[ClassBudget]:
     return budgets
 
 
+def check_selection_only(cfg: JobConfig, class_sizes: list[int] | None) -> None:
+    """Without a prior (``model.path`` empty) a run can only select real images: raise naming
+    the first class whose budget still holds synthetic ones. ``class_sizes`` None checks a
+    class with all the real images it could want (before the data is counted)."""
+    if cfg.model.path:
+        return
+    sizes = class_sizes if class_sizes is not None else [10 ** 9]
+    for budget, available in zip(class_budgets(cfg, sizes), sizes):
+        if budget.synthetic:
+            which = ("every class" if class_sizes is None else
+                     f"class {budget.label} (it has {available} real images)")
+            raise DscoError(
+                f"config key 'model.path' is empty, so the job can only select real images, "
+                f"but {which} gets {budget.synthetic} synthetic of its "
+                f"{budget.synthetic + budget.real} (size.ipc={cfg.size.ipc}, size.fraction="
+                f"{cfg.size.fraction}, size.doping_fraction={cfg.size.doping_fraction}). "
+                "Point model.path at a prior (train one with `dsco train-prior`), or select "
+                "real images only: size.doping_fraction: 1 and a size every class can fill.")
+
+
 def may_dope(cfg: JobConfig) -> bool:
     """False when no class can get real samples, so the doping settings cannot change the
     output: pure data-free, or an IPC budget the planner keeps all synthetic. True when unsure
@@ -100,6 +120,7 @@ def make_plan(cfg: JobConfig, class_sizes: list[int]) -> Plan:
     """Group classes into work units and give each unit its range of shard numbers."""
     if not class_sizes:
         raise DscoError("the dataset has no classes; check input.url.")
+    check_selection_only(cfg, class_sizes)
     budgets = class_budgets(cfg, class_sizes)
     per_unit = cfg.execution.classes_per_unit
     plan = Plan()

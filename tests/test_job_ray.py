@@ -12,7 +12,7 @@ import pipeline.class_store as class_store
 from cluster.driver import input_listing, run_job
 from pipeline.class_store import InMemoryStore
 from pipeline.config import DopingConfig, load_config
-from pipeline.errors import JobFailed
+from pipeline.errors import DscoError, JobFailed
 from pipeline.evaluation import TrainRecipe
 from pipeline.prior_meta import PRIOR_META
 from pipeline.reader import read_index, samples_in_tar
@@ -112,6 +112,28 @@ def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_
     samples = shard_contents(Path(result.run_url)).values()
     origins = {json.loads(s["json"])["origin"] for s in samples}
     assert len(origins) == 20 and all(o.startswith("digits_") for o in origins)
+
+
+def test_a_selection_of_real_images_needs_no_model(ray_local, tiny_prior, digits_dir, tmp_path):
+    with_prior = run_job(job(tmp_path / "a", tiny_prior, digits_dir, "size.doping_fraction=1.0"),
+                         progress=False)
+    without = run_job(job(tmp_path / "b", "", digits_dir, "size.doping_fraction=1.0"),
+                      progress=False)
+    assert without.status == "complete" and without.metrics["real"] == 20
+    assert without.run_id != with_prior.run_id  # the model is part of what a run_id covers
+    assert shard_contents(Path(without.run_url)) == shard_contents(Path(with_prior.run_url))
+
+
+def test_without_a_model_a_job_that_needs_synthetic_images_is_refused_at_once(
+        ray_local, digits_dir, tmp_path):
+    with pytest.raises(DscoError, match="'model.path' is empty, so the job can only select "
+                                        "real images, but every class gets 2 synthetic"):
+        run_job(job(tmp_path / "out", "", digits_dir), progress=False)
+    assert not (tmp_path / "out").exists()
+    # a class smaller than its all-real budget would be filled with synthetic images
+    with pytest.raises(DscoError, match=r"but class 0 \(it has \d+ real images\) gets"):
+        run_job(job(tmp_path / "out", "", digits_dir, "size.doping_fraction=1.0",
+                    "size.ipc=1000"), progress=False)
 
 
 def test_only_units_with_synthetic_images_go_to_the_noise_optimizers(

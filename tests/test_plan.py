@@ -128,6 +128,17 @@ def test_a_real_only_plan_needs_no_prior_for_its_estimate(capsys, digits_dir, tm
     assert "doping: 289 real samples picked by kcenter in psi = trained_convnet (trained" in out
 
 
+def test_a_plan_without_a_model_is_a_selection_or_names_what_needs_one(capsys, digits_dir):
+    data = f"input.url={digits_dir / 'train'}"
+    code, out, _ = plan(capsys, "--set", "model.path=", "--set", data, "--set",
+                        "size.doping_fraction=1")
+    assert code == 0 and "(0 synthetic, 100 real)" in out
+    assert "note: no model (model.path is empty): a selection of real images only" in out
+    code, _, err = plan(capsys, "--set", "model.path=", "--set", data)
+    assert code == 2 and "so the job can only select real images, but every class gets 10 " \
+        "synthetic of its 10" in err
+
+
 def test_a_class_count_the_run_would_refuse_fails_the_plan(capsys, tiny_prior, digits_dir):
     code, _, err = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
                         f"input.url={digits_dir / 'train'}", "--set", "input.num_classes=3")

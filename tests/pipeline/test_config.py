@@ -57,8 +57,11 @@ def test_bad_values_are_named(override, fragment):
 def test_missing_output_and_model_are_explained():
     with pytest.raises(DscoError, match="'output' is empty"):
         load_config(None, ["model.path=m", "input.url=d"])
-    with pytest.raises(DscoError, match="'model.path' is empty"):
-        load_config(None, ["output=o", "input.url=d"])
+    load_config(None, ["output=o", "input.url=d"])  # a selection of real images only
+    with pytest.raises(DscoError, match="'model.path' is empty, but a data-free job"):
+        load_config(None, ["output=o", "nopt.data_free=true"])
+    with pytest.raises(DscoError, match="model.class_map .* but model.path is empty"):
+        load_config(None, ["output=o", "input.url=d", "model.class_map=[0, 1]"])
 
 
 def test_data_free_needs_no_input_but_doping_does():
