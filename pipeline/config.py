@@ -29,7 +29,7 @@ class InputConfig:
 class ModelConfig:
     """The diffusion prior: a local directory saved with ``save_pretrained``."""
 
-    path: str = ""
+    path: str = ""  # empty: no prior, so the job may only select real images
     revision: str = ""  # recorded in the fingerprint; bump it when the weights change in place
     # auto (from the directory) | pixel_unet | dit: checked against the directory when the
     # job runs; `dsco plan` uses it when the directory is not readable
