@@ -5,7 +5,6 @@ DopingSelector and the Coordinator as object refs; the driver only sees small st
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
-from pipeline.prior_meta import read_prior_meta
+from pipeline.prior_meta import prior_image_shape, read_prior_meta, weights_file_problem
 from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
 
@@ -53,11 +52,12 @@ def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
     """The run_id of ``cfg`` over ``listing`` (listed now when not given) and the model files."""
     listing = input_listing(cfg) if listing is None else listing
     weights = pretrained_weights(cfg)
-    missing = [w for w in weights if not os.path.isfile(w)]
-    if missing:
-        raise DscoError(f"pretrained weights {missing[0]!r} (from pretrained:<path>) do not "
-                        "exist here; put the file at that path on the driver's node and on "
-                        "every node that runs the job.")
+    for path in weights:
+        problem = weights_file_problem(path)
+        if problem:
+            raise DscoError(f"pretrained weights {path!r} (from pretrained:<path>) {problem}; "
+                            "put a readable copy of the file at that path on the driver's node "
+                            "and on every node that runs the job.")
     return compute_run_id(cfg, listing, model_fingerprint(cfg.model.path, cfg.model.revision,
                                                           weights))
 
@@ -116,12 +116,15 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
             listing, embeddings_url)
         summary = _get_or_raise_input_error(selector.prepare.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
+        image_shape = summary["image_shape"]
         check_prior_fits(cfg, meta, len(class_sizes))
     else:
         check_prior_fits(cfg, meta, None)
         class_names = data_free_classes(cfg, meta)
-        class_sizes = [0] * len(class_names)
+        class_sizes, image_shape = [0] * len(class_names), None
     plan = make_plan(cfg, class_sizes)
+    if image_shape and not cfg.nopt.data_free and any(u.needs_nopt for u in plan.units):
+        check_references_fit(cfg, meta, image_shape)
     # started once the input and the prior are checked: bad input leaves no run folder behind
     coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     ray.get(coordinator.start.remote(plan.num_shards))
@@ -131,6 +134,15 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     lock.check()
     metrics = ray.get(coordinator.finalize.remote(class_names, started))
     return JobResult(rid, run_url, "complete", metrics, dict(by_node), spans)
+
+
+def check_references_fit(cfg: JobConfig, meta, image_shape: list[int]) -> None:
+    """NOpt matches the prior's images to the real ones: both must have one (C, H, W)."""
+    if tuple(image_shape) != prior_image_shape(meta):
+        raise DscoError(f"the real images in {cfg.input.url!r} are {tuple(image_shape)} (C, H, "
+                        f"W) but the prior in {cfg.model.path!r} makes "
+                        f"{prior_image_shape(meta)}; resize the dataset to the prior's image "
+                        "size and channels, or point model.path at a prior of this data.")
 
 
 def _get_or_raise_input_error(ref):

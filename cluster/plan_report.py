@@ -2,7 +2,6 @@
 of its device-hours from measured costs, without starting Ray or touching the output."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from cluster.costs import measured_step_cost
@@ -12,7 +11,7 @@ from pipeline.config import JobConfig
 from pipeline.datasets import count_per_class
 from pipeline.errors import DscoError
 from pipeline.planning import Plan, check_selection_only, make_plan, pretrained_weights
-from pipeline.prior_meta import read_prior_meta
+from pipeline.prior_meta import read_prior_meta, weights_file_problem
 
 # With checkpointing an optimisation step costs about four forward passes (forward, recompute,
 # backward ~ 2); plain sampling and data-free reference images need the forward pass only.
@@ -123,9 +122,9 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
         lines.append(f"note: size.ipc {cfg.size.ipc} is above every class's real samples "
                      f"(largest {max(counted.sizes)}): the set is larger than the data, and "
                      "what the real samples cannot fill is synthetic")
-    lines += [f"note: pretrained weights missing: {w} (a pretrained:<path> feature map); the "
-              "run needs the file at that path on the driver's node and every worker"
-              for w in pretrained_weights(cfg) if not os.path.isfile(w)]
+    lines += [f"note: pretrained weights {w} {problem} (a pretrained:<path> feature map); the "
+              "run needs a readable copy at that path on the driver's node and every worker"
+              for w in pretrained_weights(cfg) if (problem := weights_file_problem(w))]
     return "\n".join(lines)
 
 

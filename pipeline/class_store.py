@@ -70,6 +70,11 @@ class InMemoryStore:
     def images(self, label: int) -> np.ndarray:
         return self.data.images[self.data.indices_of(label)]
 
+    def image_shape(self) -> list[int]:
+        """[C, H, W] of the input's images (read_dataset makes them share one)."""
+        _, height, width, channels = self.data.images.shape
+        return [channels, height, width]
+
     def _load_or_embed(self) -> np.ndarray:
         try:
             table = pq.read_table(io.BytesIO(read_bytes(self.embeddings_url)))
@@ -167,3 +172,10 @@ class ShardedStore:
     def images(self, label: int) -> np.ndarray:
         picks = list(range(self._table(label).num_rows))
         return np.stack([decode_image(data, key) for key, data, _ in self.samples(label, picks)])
+
+    def image_shape(self) -> list[int]:
+        """[C, H, W] of the first image of the first class that has one."""
+        label = next(i for i, n in enumerate(self._sizes) if n)
+        [(key, data, _)] = self.samples(label, [0])
+        height, width, channels = decode_image(data, key).shape
+        return [channels, height, width]

@@ -103,6 +103,19 @@ def safetensors_problem(path: str) -> str | None:
     return None
 
 
+def weights_file_problem(path: str) -> str | None:
+    """Why a ``pretrained:<path>`` weights file cannot load, or None: missing, or a damaged
+    safetensors file (read without torch; a torch file is only checked when loaded)."""
+    if not os.path.isfile(path):
+        return "does not exist here"
+    return safetensors_problem(path) if path.endswith(".safetensors") else None
+
+
+def prior_image_shape(meta: PriorMeta) -> tuple[int, int, int]:
+    """(C, H, W) of the images the prior makes, which NOpt's real references must share."""
+    return (meta.channels, meta.image_size, meta.image_size)
+
+
 def is_dit_pipeline(model_dir: str) -> bool:
     """Whether ``model_dir`` holds a DiT pipeline in the hub layout."""
     path = os.path.join(model_dir, PIPELINE_INDEX)

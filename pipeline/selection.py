@@ -34,9 +34,9 @@ class RealDataStage:
         self._other_distance: list[np.ndarray] | None = None
 
     def summary(self) -> dict:
-        """Class sizes and names (small; the driver plans with it)."""
+        """Class sizes, names and image shape [C, H, W] (small; the driver plans with it)."""
         return {"class_sizes": self.store.class_sizes(), "class_names": self.store.class_names,
-                "embeddings": self.store.embeddings_url}
+                "embeddings": self.store.embeddings_url, "image_shape": self.store.image_shape()}
 
     def references(self, unit: WorkUnit) -> dict[int, np.ndarray]:
         """label -> uint8 images of that class, for each class of ``unit``."""

@@ -114,6 +114,21 @@ def test_all_real_selection_needs_no_optimisation(ray_local, tiny_prior, digits_
     assert len(origins) == 20 and all(o.startswith("digits_") for o in origins)
 
 
+def test_images_the_prior_cannot_make_are_refused_before_the_run_starts(
+        ray_local, tiny_prior, digits_dir, digits_rgb32_dir, tmp_path):
+    # NOpt found this in every actor, and after the retries the job exited 1 ("rerun to
+    # resume") leaving an incomplete run that no rerun could finish
+    with pytest.raises(DscoError, match=r"are \(3, 32, 32\) \(C, H, W\) but the prior in .* "
+                                        r"makes \(1, 8, 8\); resize the dataset"):
+        run_job(job(tmp_path, tiny_prior, digits_dir, f"input.url={digits_rgb32_dir}"),
+                progress=False)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []  # no run folder
+    # a selection of those images never meets the prior: it runs
+    result = run_job(job(tmp_path, tiny_prior, digits_dir, f"input.url={digits_rgb32_dir}",
+                         "size.doping_fraction=1.0"), progress=False)
+    assert result.status == "complete" and result.metrics["real"] == 20
+
+
 def test_a_selection_of_real_images_needs_no_model(ray_local, tiny_prior, digits_dir, tmp_path):
     with_prior = run_job(job(tmp_path / "a", tiny_prior, digits_dir, "size.doping_fraction=1.0"),
                          progress=False)

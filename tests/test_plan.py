@@ -73,7 +73,7 @@ def test_the_imagenet_configs_plan_without_their_data_or_model(capsys, name, syn
     assert code == 0
     assert f"({synthetic} synthetic" in out and "GPU-hours of NOpt" in out
     assert "note: model missing" in out and "note: input missing" in out
-    assert "note: pretrained weights missing: /models/resnet" in out
+    assert "note: pretrained weights /models/resnet18.safetensors does not exist here" in out
 
 
 def imagenet_estimate(capsys, *sets: str) -> float:

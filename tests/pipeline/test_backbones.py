@@ -122,6 +122,11 @@ def test_the_run_id_follows_the_pretrained_weights_and_missing_weights_are_expla
         model.embedder.embedder.convolution.weight.add_(1.0)
     model.save_pretrained(tmp_path / "hf", safe_serialization=True)
     assert run_id() != before
-    (tmp_path / "hf" / "model.safetensors").unlink()
-    with pytest.raises(DscoError, match="do not exist here"):
+    weights_file = tmp_path / "hf" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:-100])  # a copy cut short
+    with pytest.raises(DscoError, match="model.safetensors' .* is .* bytes where its header "
+                                        "needs .*: cut off or damaged"):
+        run_id()  # found by the driver, not after every actor's retries
+    weights_file.unlink()
+    with pytest.raises(DscoError, match="does not exist here"):
         run_id()
