@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 
 from pipeline.config import INPUT_LAYOUTS
 from pipeline.errors import DscoError, JobFailed
@@ -140,17 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="dsco", description="DsCo dataset concentration.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    # also after the subcommand; SUPPRESS keeps a --quiet given before it
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = partial(sub.add_parser, parents=[quiet])
 
-    run = sub.add_parser("run", help="run the concentration job described by a YAML config")
+    run = add_parser("run", help="run the concentration job described by a YAML config")
     run.add_argument("config")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (dotted for nested keys); repeatable")
     run.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local)")
     run.set_defaults(func=_cmd_run)
 
-    plan = sub.add_parser("plan", help="print a job's work units, actors and cost estimate "
-                          "without running it")
+    plan = add_parser("plan", help="print a job's work units, actors and cost estimate "
+                      "without running it")
     plan.add_argument("config")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     plan.add_argument("--gpus", type=_at_least(0, float), default=8,
@@ -163,28 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
                       "to assume when the data is not readable")
     plan.set_defaults(func=_cmd_plan)
 
-    runs = sub.add_parser("runs", help="list the runs under an output with state and size")
+    runs = add_parser("runs", help="list the runs under an output with state and size")
     runs.add_argument("output")
     runs.set_defaults(func=_cmd_runs)
 
-    gc = sub.add_parser("gc", help="delete old complete runs and abandoned incomplete ones")
+    gc = add_parser("gc", help="delete old complete runs and abandoned incomplete ones")
     gc.add_argument("output")
     gc.add_argument("--keep", type=_at_least(0), required=True,
                     help="complete runs to keep (newest)")
     gc.add_argument("--dry-run", action="store_true")
     gc.set_defaults(func=_cmd_gc)
 
-    follow = sub.add_parser("follow", help="print each shard of a run as it is committed; "
-                            "ends when the run completes")
+    follow = add_parser("follow", help="print each shard of a run as it is committed; "
+                        "ends when the run completes")
     follow.add_argument("index_url", help="a run's index.json URL (or the run folder)")
     follow.add_argument("--poll", type=_at_least(0.01, float), default=2.0,
-                        help="seconds between index reads")
+                        help="seconds between index reads (default 2)")
     follow.add_argument("--timeout", type=_at_least(0, float),
                         help="give up after this many seconds (default: wait until complete)")
     follow.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
     follow.set_defaults(func=_cmd_follow)
 
-    demo = sub.add_parser("demo", help="digits end to end on local Ray, with evaluation")
+    demo = add_parser("demo", help="digits end to end on local Ray, with evaluation")
     demo.add_argument("--out", required=True)
     demo.add_argument("--ipc", type=_at_least(1), default=10)
     demo.add_argument("--doping-fraction", type=float, default=0.0)
@@ -192,25 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shard-size", type=_at_least(1), default=1000, help="samples per shard")
     demo.set_defaults(func=_cmd_demo)
 
-    prep = sub.add_parser("prepare-digits", help="write scikit-learn digits as WebDataset shards")
+    prep = add_parser("prepare-digits", help="write scikit-learn digits as WebDataset shards")
     prep.add_argument("--out", required=True)
     prep.set_defaults(func=_cmd_prepare_digits)
 
-    prior = sub.add_parser("train-prior", help="train the tiny class-conditional DDPM prior")
+    prior = add_parser("train-prior", help="train the tiny class-conditional DDPM prior")
     prior.add_argument("--data", required=True, help="dataset URL (e.g. DIR/train)")
     prior.add_argument("--layout", default="webdataset", choices=INPUT_LAYOUTS)
     prior.add_argument("--out", required=True)
     prior.add_argument("--steps", type=_at_least(1),
-                       help="training steps (default: the tuned default)")
+                       help="training steps (default 2500, the tuned length)")
     prior.add_argument("--seed", type=int, default=0)
     prior.add_argument("--device", default="cpu",
                        help="cpu (default) or cuda[:N]; on an H100 the digits prior trains in "
                             "about 1.5 min, against about 5 min on 2 CPU cores")
     prior.set_defaults(func=_cmd_train_prior)
 
-    bench_parser = sub.add_parser("bench", help="benchmarks")
+    bench_parser = add_parser("bench", help="benchmarks")
     bench = bench_parser.add_subparsers(dest="bench", required=True)
-    quality = bench.add_parser("quality", help="DsCo vs every baseline on digits")
+    quality = bench.add_parser("quality", parents=[quiet],
+                               help="DsCo vs every baseline on digits")
     quality.add_argument("--out", required=True)
     quality.add_argument("--quick", action="store_true",
                          help="CI smoke: IPC 10, one seed, a tiny prior, a few iterations")

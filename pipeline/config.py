@@ -311,7 +311,10 @@ def validate(cfg: JobConfig) -> None:
              "model.class_map.")
     _require((size.ipc is None) != (size.fraction is None),
              f"set exactly one of size.ipc and size.fraction (got ipc={size.ipc}, "
-             f"fraction={size.fraction}); use --set size.fraction=null to clear one.")
+             f"fraction={size.fraction}); "
+             + ("for a fraction, clear the IPC (it defaults to 10) with --set size.ipc=null; "
+                "for an IPC, --set size.fraction=null." if size.ipc is not None else
+                "set one, e.g. --set size.ipc=10."))
     _require(size.ipc is None or size.ipc >= 1, f"size.ipc must be >= 1, got {size.ipc}.")
     _require(size.fraction is None or 0 < size.fraction <= 1,
              f"size.fraction must be in (0, 1], got {size.fraction}.")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from cluster.cli import main
+from cluster.cli import build_parser, main
 from tests.conftest import REPO
 
 
@@ -80,6 +80,20 @@ def test_console_script_help(args):
     cmd = [str(dsco)] if dsco.exists() else [sys.executable, "-m", "cluster.cli"]
     out = subprocess.run(cmd + args, capture_output=True, text=True, check=True, cwd=REPO)
     assert "usage: dsco" in out.stdout
+
+
+@pytest.mark.parametrize("args", [["--quiet", "plan", "c.yaml"], ["plan", "c.yaml", "--quiet"],
+                                  ["bench", "quality", "--out", "o", "--quiet"]])
+def test_quiet_goes_before_or_after_the_subcommand(args):
+    assert build_parser().parse_args(args).quiet
+    assert not build_parser().parse_args([a for a in args if a != "--quiet"]).quiet
+
+
+def test_train_prior_help_gives_the_default_length():
+    from pipeline.prior_training import PriorTrainingConfig
+
+    text = build_parser()._subparsers._group_actions[0].choices["train-prior"].format_help()
+    assert f"(default {PriorTrainingConfig.steps}," in " ".join(text.split())
 
 
 def test_the_driver_loads_no_model_code():

@@ -44,7 +44,9 @@ def test_set_output_redirects_the_run():
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
     ("doping.boundary_weight=.inf", "doping.boundary_weight must be a number >= 0"),
-    ("size.fraction=0.5", "set exactly one of size.ipc and size.fraction"),
+    ("size.fraction=0.5", "set exactly one of size.ipc and size.fraction (got ipc=10, "
+     "fraction=0.5); for a fraction, clear the IPC (it defaults to 10) with --set size.ipc=null"),
+    ("size.ipc=null", "(got ipc=None, fraction=None); set one, e.g. --set size.ipc=10."),
     ("nopt=3", "config section 'nopt' must be a mapping"),
     ("noequals", "must look like key=value"),
 ])
