@@ -250,7 +250,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
         optimised.close()
         written.close()
     if failed:
-        details = "; ".join(f"unit {u}: {e.splitlines()[0]}" for u, e in sorted(failed.items()))
+        details = "; ".join(f"unit {u}: {e.splitlines()[0].rstrip('.')}"
+                            for u, e in sorted(failed.items()))
         raise JobFailed(f"{len(failed)} work unit(s) failed after "
                         f"{cfg.execution.max_retries} retries: {details}. Committed units are "
                         "kept; rerun the same command to resume.")

@@ -110,9 +110,9 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
                   f"num_cpus={shape.num_cpus} each; on a cluster with {gpus:g} GPUs and "
                   f"{cpus:g} CPUs; more start as nodes join), plus" if nopt_units else
                   "no NoiseOptimizer (no unit runs NOpt), only")
-    lines.append(f"actors: {optimizers} a Coordinator and "
-                 f"{'a DopingSelector' if cfg.uses_real_data() else 'no DopingSelector'} "
-                 "(0 CPUs, 0 GPUs, on the head)")
+    io_actors = "a Coordinator and a DopingSelector" if cfg.uses_real_data() else \
+        "a Coordinator (no DopingSelector: nothing real to read)"
+    lines.append(f"actors: {optimizers} {io_actors} (0 CPUs, 0 GPUs, on the head)")
     lines.append(_estimate(cfg, plan, synthetic, counted.kind, device, shape.count))
     if cfg.uses_real_data():
         lines.append(_doping(cfg, plan.num_samples - synthetic, counted.real_known))
