@@ -177,3 +177,13 @@ def test_the_boundary_lean_is_in_the_run_id_only_for_the_mmd_selector():
 def test_the_start_fraction_names_a_whole_sampler_step(fraction, steps, init, first):
     cfg = NoptConfig(start_fraction=fraction, ddim_steps=steps, init=init)
     assert cfg.first_sampler_step == first
+
+
+def test_nopts_thread_count_is_in_the_run_id_and_the_actor_count_is_not():
+    def run_id_with(*overrides):
+        return run_id(load_config(None, [*BASE, *overrides]), [], [])
+
+    default = run_id_with()
+    assert run_id_with("execution.actors=5") == default == run_id_with("execution.cpus_per_actor=1")
+    # two threads change the last bits of NOpt's images: a run of them is another run
+    assert run_id_with("execution.cpus_per_actor=2") != default
