@@ -28,6 +28,7 @@ from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrai
 from pipeline.prior_meta import prior_image_shape, read_prior_meta, weights_file_problem
 from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
+from pipeline.writer import latest_lags, point_latest_at
 
 
 @dataclass
@@ -70,13 +71,17 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     listing = input_listing(cfg)
     rid = fingerprint(cfg, listing)
     run_url = join(cfg.output, rid)
-    done = _if_complete(rid, run_url)
-    if done:
-        return done
+    index = _complete_index(run_url)
+    if index and not latest_lags(cfg.output, rid, index):
+        return _up_to_date(rid, run_url)
     with OutputLock(cfg.output, rid, cfg.execution.lease_seconds) as lock:
         # checked again under the lock: a run that held it may have just finished this one
-        return _if_complete(rid, run_url) or _run_locked(
-            cfg, address, meta, listing, rid, run_url, started, lock, progress)
+        index = _complete_index(run_url)
+        if index:
+            if latest_lags(cfg.output, rid, index):
+                point_latest_at(cfg.output, rid, index)
+            return _up_to_date(rid, run_url)
+        return _run_locked(cfg, address, meta, listing, rid, run_url, started, lock, progress)
 
 
 def _embed_at_scale(cfg: JobConfig, listing: list[InputFile]) -> str:
@@ -93,13 +98,16 @@ def _embed_at_scale(cfg: JobConfig, listing: list[InputFile]) -> str:
     return url
 
 
-def _if_complete(rid: str, run_url: str) -> JobResult | None:
-    """The "up to date" result if the run with this id is complete, else None."""
+def _complete_index(run_url: str) -> dict | None:
+    """The run's index if the run is complete, else None."""
     index = read_json(join(run_url, "index.json"))
-    if index and index.get("complete"):
-        return JobResult(rid, run_url, "up to date",
-                         read_json(join(run_url, "report", "metrics.json")) or {})
-    return None
+    return index if index and index.get("complete") else None
+
+
+def _up_to_date(rid: str, run_url: str) -> JobResult:
+    """The result of a rerun that finds its run complete."""
+    return JobResult(rid, run_url, "up to date",
+                     read_json(join(run_url, "report", "metrics.json")) or {})
 
 
 def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFile], rid: str,

@@ -16,6 +16,8 @@ from pipeline.samples import UnitOutput
 from pipeline.shards import write_shard
 from pipeline.storage import join, read_json, write_bytes, write_json
 
+LATEST = "latest.json"
+
 
 class RunWriter:
     """Owns ``<output>/<run_id>/``; the only code that writes its index."""
@@ -65,9 +67,7 @@ class RunWriter:
         write_report(self.run_url, metrics, self._grid_rows(len(class_names)))
         totals = {"samples": len(rows), "num_shards": len(self.index.data["shards"])}
         self.index.mark_complete(totals)
-        write_json(join(self.output_url, "latest.json"),
-                   {"run_id": self.run_id, "index": join(self.run_url, "index.json"),
-                    "generation": self.index.data["generation"]})
+        point_latest_at(self.output_url, self.run_id, self.index.data)
         return metrics
 
     def _metrics(self, rows: list[dict], class_names: list[str], seconds: float) -> dict:
@@ -96,3 +96,23 @@ class RunWriter:
                 if len(rows[label]) < GRID_COLUMNS:
                     rows[label].append(image_of(sample))
         return rows
+
+
+def point_latest_at(output_url: str, run_id: str, index: dict) -> None:
+    """Move ``<output>/latest.json`` to the complete run ``run_id`` (``index``: its index)."""
+    write_json(join(output_url, LATEST),
+               {"run_id": run_id, "index": join(output_url, run_id, "index.json"),
+                "generation": index["generation"]})
+
+
+def latest_lags(output_url: str, run_id: str, index: dict) -> bool:
+    """Whether ``latest.json`` misses the complete run ``run_id``: it is absent, or names a run
+    that is gone or completed before this one. A driver killed between marking its run
+    complete and moving latest.json leaves it so; the rerun ("up to date") repairs it."""
+    latest = read_json(join(output_url, LATEST))
+    if latest is None:
+        return True
+    if latest.get("run_id") == run_id:
+        return False
+    other = read_json(join(output_url, str(latest.get("run_id")), "index.json"))
+    return other is None or str(other.get("updated", "")) < str(index.get("updated", ""))

@@ -68,6 +68,29 @@ def test_same_config_again_is_up_to_date(doped_run):
     assert again.status == "up to date" and again.run_id == result.run_id
 
 
+def test_a_rerun_moves_latest_json_that_a_crash_left_behind(ray_local, tiny_prior, digits_dir,
+                                                            tmp_path):
+    first = run_job(job(tmp_path, tiny_prior, digits_dir, "seed=1"), progress=False)
+    cfg = job(tmp_path, tiny_prior, digits_dir, "seed=2")
+    second = run_job(cfg, progress=False)
+    latest = tmp_path / "latest.json"
+
+    def latest_run() -> str:
+        return json.loads(latest.read_text())["run_id"]
+
+    # a driver killed after marking its run complete, before moving latest.json
+    for crashed in (lambda: latest.unlink(),
+                    lambda: latest.write_text(json.dumps({"run_id": first.run_id}))):
+        crashed()
+        assert run_job(cfg, progress=False).status == "up to date"
+        assert latest_run() == second.run_id
+    assert not (tmp_path / "lock.json").exists()
+    # an older complete run, rerun, leaves latest.json on the newer one
+    assert run_job(job(tmp_path, tiny_prior, digits_dir, "seed=1"), progress=False).status == \
+        "up to date"
+    assert latest_run() == second.run_id
+
+
 def test_shards_read_back_with_webdataset_and_ray_data(doped_run, ray_local):
     import ray.data
     import webdataset as wds
