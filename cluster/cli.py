@@ -8,7 +8,7 @@ import time
 from functools import partial
 
 from pipeline.config import INPUT_LAYOUTS
-from pipeline.errors import DscoError, JobFailed
+from pipeline.errors import DscoError, JobFailed, Terminated
 
 
 def _at_least(minimum: float, kind: type = int):
@@ -243,9 +243,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; a run keeps its committed units, and the same command resumes it",
-              file=sys.stderr)
+        print(f"interrupted{_resumes(args.command)}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"terminated (SIGTERM){_resumes(args.command)}", file=sys.stderr)
+        return 143
+
+
+def _resumes(command: str) -> str:
+    """What a rerun of an interrupted ``command`` does, for the interruption message."""
+    if command in ("run", "demo"):
+        return "; a run keeps its committed units, and the same command resumes it"
+    if command == "bench":
+        return "; the cells built so far are kept, and the same command goes on from them"
+    return ""
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -10,7 +12,7 @@ from ray._private import services as ray_services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import ExecutionConfig
-from pipeline.errors import DscoError
+from pipeline.errors import DscoError, Terminated
 
 
 def connect(address: str | None) -> None:
@@ -33,6 +35,14 @@ def connect(address: str | None) -> None:
         # --address auto)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=True)
+    if threading.current_thread() is threading.main_thread():
+        # ray.init's own handler exits at once with status 1; unwinding instead releases the
+        # output's lock and ends with the CLI's message
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def refuse_a_dead_cluster(address: str | None) -> None:

@@ -154,9 +154,12 @@ def test_ctrl_c_exits_130_saying_a_rerun_resumes(monkeypatch, tmp_path, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("cluster.cli._cmd_runs", interrupted)
-    assert main(["runs", str(tmp_path)]) == 130
+    monkeypatch.setattr("cluster.cli._cmd_run", interrupted)
+    assert main(["run", str(tmp_path / "c.yaml")]) == 130
     assert "the same command resumes it" in capsys.readouterr().err
+    monkeypatch.setattr("cluster.cli._cmd_follow", interrupted)
+    assert main(["follow", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "interrupted\n"  # nothing to resume
 
 
 def test_follow_into_a_reader_that_stops_early_ends_quietly(tmp_path):

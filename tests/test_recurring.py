@@ -148,16 +148,15 @@ def test_the_ray_reader_refuses_an_output_and_says_when_it_waits(tmp_path, caplo
     assert "waiting for the run at" in caplog.text
 
 
-def kill_mid_run_then_resume(out_url: str, env: dict, prior, data) -> str:
-    """Start `dsco run` in its own process (with its own local Ray), SIGKILL the lot once a
-    unit is committed, then resume the same job on the test's own Ray; return the run's URL."""
+def start_then_signal(out_url: str, env: dict, prior, data, kill) -> tuple[str, int, str]:
+    """Start `dsco run` in its own process (with its own local Ray), call ``kill(driver)``
+    once a unit is committed; return the run's URL, the driver's exit code and stderr."""
     options = sets(out_url, prior, data, SLOW)
     cmd = [sys.executable, "-m", "cluster.cli", "--quiet", "run", DIGITS,
            *[a for s in options for a in ("--set", s)]]
-    cfg = load_config(DIGITS, options)
-    run_url = f"{out_url}/{fingerprint(cfg)}"
+    run_url = f"{out_url}/{fingerprint(load_config(DIGITS, options))}"
     driver = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -165,11 +164,31 @@ def kill_mid_run_then_resume(out_url: str, env: dict, prior, data) -> str:
             if index and len(index["units"]) >= 1:
                 break
             time.sleep(0.1)
-        os.killpg(driver.pid, signal.SIGKILL)
+        kill(driver)
     finally:
-        driver.wait(timeout=60)
+        _, err = driver.communicate(timeout=60)
     index = read_index(run_url)
-    assert 1 <= len(index["units"]) < 10 and not index["complete"], "not killed mid-run"
+    assert 1 <= len(index["units"]) < 10 and not index["complete"], "not stopped mid-run"
+    return run_url, driver.returncode, err
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(ray_local, tiny_prior, digits_dir, tmp_path):
+    """`ray job stop`, Kubernetes and `timeout` send SIGTERM: exit 143 with the resume message
+    and the lock released (ray.init's own handler exited 1 and left the lock)."""
+    out = tmp_path / "out"
+    _, code, err = start_then_signal(str(out), dict(os.environ), tiny_prior,
+                                     digits_dir / "train",
+                                     lambda driver: driver.send_signal(signal.SIGTERM))
+    assert code == 143 and "terminated (SIGTERM); a run keeps its committed units" in err
+    assert not (out / "lock.json").exists()
+
+
+def kill_mid_run_then_resume(out_url: str, env: dict, prior, data) -> str:
+    """SIGKILL `dsco run` and its local Ray once a unit is committed, then resume the same job
+    on the test's own Ray; return the run's URL."""
+    run_url, _, _ = start_then_signal(out_url, env, prior, data,
+                                      lambda driver: os.killpg(driver.pid, signal.SIGKILL))
+    cfg = load_config(DIGITS, sets(out_url, prior, data, SLOW))
     rerun = run_job(cfg, progress=False)
     assert rerun.status == "complete" and read_index(rerun.run_url)["complete"]
     return rerun.run_url
