@@ -5,12 +5,14 @@ so a reader can pin one generation. ``complete`` turns true once, at the end of 
 """
 from __future__ import annotations
 
+import posixpath
 import time
 from typing import Any
 
-from pipeline.storage import join, read_json, write_json
+from pipeline.storage import filesystem, join, read_json, with_retries, write_json
 
 FORMAT = "dsco-index/1"
+COPIES = "indexes"  # one immutable copy per generation
 
 
 class RunIndex:
@@ -22,6 +24,8 @@ class RunIndex:
         self.data: dict[str, Any] = found or {
             "format": FORMAT, "run_id": run_id, "generation": 0, "complete": False,
             "shards": [], "units": {}}
+        if found and not found["complete"]:  # resuming: never rewrite a copy
+            self.data["generation"] = max(found["generation"], self._last_copy())
 
     @property
     def complete(self) -> bool:
@@ -51,10 +55,22 @@ class RunIndex:
         self.data["complete"] = True
         return self._commit()
 
+    def _last_copy(self) -> int:
+        """The highest generation with a copy in ``indexes/``: one past index.json's where a
+        writer died between writing the copy and index.json."""
+        fs, root = filesystem(join(self.run_url, COPIES))
+        try:
+            names = with_retries(f"list {self.run_url}/{COPIES}",
+                                 lambda: fs.ls(root, detail=False))
+        except FileNotFoundError:
+            return 0
+        stems = (posixpath.basename(name.rstrip("/"))[:-len(".json")] for name in names)
+        return max((int(stem) for stem in stems if stem.isdigit()), default=0)
+
     def _commit(self) -> int:
         self.data["generation"] += 1
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         generation = self.data["generation"]
-        write_json(join(self.run_url, "indexes", f"{generation:06d}.json"), self.data)
+        write_json(join(self.run_url, COPIES, f"{generation:06d}.json"), self.data)
         write_json(join(self.run_url, "index.json"), self.data)
         return generation
