@@ -23,6 +23,7 @@ RETRIES = 5  # backoff 0.5 + 1 + 2 + 4 s: a storage outage of about 7 s is survi
 # retries: an unreachable endpoint took 41 s to report. Ours are the one layer, unless the
 # user tunes botocore's through the standard variables.
 BOTOCORE_RETRY_VARS = ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+PARTIAL = ".partial-"  # local writes go to <name>.partial-<random> first, then are renamed
 try:  # S3 connection errors are botocore exceptions, not OSError
     from botocore.exceptions import BotoCoreError, NoCredentialsError
     RETRYABLE: tuple[type[BaseException], ...] = (OSError, BotoCoreError)
@@ -101,7 +102,7 @@ def write_bytes(url: str, data: bytes) -> None:
     def put() -> None:
         if isinstance(fs, LocalFileSystem):  # readers must never see half a file
             fs.makedirs(os.path.dirname(path), exist_ok=True)
-            partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+            partial = f"{path}{PARTIAL}{uuid.uuid4().hex[:8]}"
             with open(partial, "wb") as f:
                 f.write(data)
             os.replace(partial, path)
@@ -114,6 +115,15 @@ def write_bytes(url: str, data: bytes) -> None:
     except FileNotFoundError as exc:
         raise DscoError(f"cannot write {url!r}: the bucket or folder does not exist ({exc}). "
                         "Create the bucket, or fix the output URL.") from exc
+
+
+def remove_partial_files(url: str) -> None:
+    """Delete the temporary files that writers killed mid-write left under the local folder
+    ``url`` (object stores have none). Only for a folder this process alone writes."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        for leftover in fs.glob(f"{path}/**/*{PARTIAL}*"):
+            fs.rm(leftover)
 
 
 def create_exclusive(url: str, data: bytes) -> bool:

@@ -14,7 +14,7 @@ from pipeline.reader import image_of, samples_in_tar, verified_shard
 from pipeline.report import GRID_COLUMNS, write_report
 from pipeline.samples import UnitOutput
 from pipeline.shards import write_shard
-from pipeline.storage import join, read_json, write_bytes, write_json
+from pipeline.storage import join, read_json, remove_partial_files, write_bytes, write_json
 
 LATEST = "latest.json"
 
@@ -28,6 +28,7 @@ class RunWriter:
         self.run_url = join(output_url, run_id)
         self.index = RunIndex(self.run_url, run_id)
         if not self.index.complete:
+            remove_partial_files(self.run_url)  # a killed writer's; the output's lock is ours
             write_json(join(self.run_url, "run_config.json"), {"run_id": run_id, **config})
 
     def committed_units(self) -> set[int]:

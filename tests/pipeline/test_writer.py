@@ -67,14 +67,17 @@ def test_units_commit_in_any_order_with_a_generation_each(tmp_path):
     assert [s["unit"] for s in first["shards"]] == [2]  # the immutable copy of generation 1
 
 
-def test_a_resumed_run_never_rewrites_a_generations_copy(tmp_path):
+def test_a_resumed_run_never_rewrites_a_generations_copy_and_clears_cut_off_files(tmp_path):
     writer, plan = new_run(str(tmp_path))
     writer.write_unit(plan.units[0], unit_output(plan.units[0]))
     copies = tmp_path / "run1" / "indexes"
     # a writer that died after writing the copy of generation 2, before index.json
     orphan = json.dumps({"generation": 2, "units": {"0": {}, "1": {}}})
     (copies / "000002.json").write_text(orphan)
+    cut_off = tmp_path / "run1" / "shards" / "000004.tar.partial-0a1b2c3d"
+    cut_off.write_bytes(b"half a shard")  # and one killed while writing a shard
     resumed, _ = new_run(str(tmp_path))
+    assert not cut_off.exists()
     resumed.write_unit(plan.units[2], unit_output(plan.units[2]))
     assert (copies / "000002.json").read_text() == orphan
     assert read_index(join(str(tmp_path), "run1"))["generation"] == 3
