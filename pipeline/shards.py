@@ -30,7 +30,7 @@ def write_shard(run_url: str, number: int, unit_id: int, samples: list[Sample]) 
     write_bytes(join(run_url, name), data)
     entry = {"name": name, "unit": unit_id, "nsamples": len(samples), "bytes": len(data),
              "sha256": hashlib.sha256(data).hexdigest()}
-    rows = [{"key": s.key, "label": s.label, "source": s.source, "origin": s.origin,
-             "shard": name} for s in samples]
+    rows = [{"key": s.key, "label": s.label, "source": s.source, "origin": s.origin or None,
+             "shard": name} for s in samples]  # origin null for synthetic, as in <key>.json
     write_json(join(run_url, name[:-len(".tar")] + ".json"), {**entry, "samples": rows})
     return entry

@@ -111,6 +111,9 @@ def test_samples_carry_png_cls_and_json(finished_run):
                     "source": "real", "origin": meta["origin"]}
     assert meta["origin"].startswith("digits_")
     assert all(s["png"].startswith(b"\x89PNG") for s in samples)
+    table = pq.read_table(f"{run_url}/samples.parquet").to_pylist()
+    synthetic = [row["origin"] for row in table if row["source"] == "synthetic"]
+    assert synthetic and set(synthetic) == {None}  # null, as in each sample's json
 
 
 def test_reader_refuses_a_modified_shard(finished_run, tmp_path):
