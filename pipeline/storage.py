@@ -87,10 +87,11 @@ def with_retries(what: str, fn: Callable[[], T]) -> T:
                             "a bucket) and pass that path.") from exc
         except RETRYABLE as exc:
             if attempt == RETRIES - 1:
+                endpoint = os.environ.get("AWS_ENDPOINT_URL")
                 raise DscoError(f"storage operation failed after {RETRIES} tries: {what}: {exc}. "
-                                "Check that the bucket exists, the endpoint "
-                                "(AWS_ENDPOINT_URL) is reachable and the credentials "
-                                "allow writing.") from exc
+                                "Check that the bucket exists, the endpoint (AWS_ENDPOINT_URL"
+                                f"{f' = {endpoint}' if endpoint else ', unset: AWS itself'}) "
+                                "is reachable and the credentials allow writing.") from exc
             time.sleep(0.5 * 2 ** attempt)
     raise AssertionError("unreachable")
 

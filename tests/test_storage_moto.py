@@ -46,7 +46,8 @@ def test_unreachable_endpoint_is_explained(moto_env, monkeypatch):
     fsspec.AbstractFileSystem.clear_instance_cache()
     monkeypatch.setattr("pipeline.storage.time.sleep", lambda s: None)
     started = time.monotonic()
-    with pytest.raises(DscoError, match="failed after 5 tries.*AWS_ENDPOINT_URL"):
+    with pytest.raises(DscoError,
+                       match="failed after 5 tries.*AWS_ENDPOINT_URL = http://127.0.0.1:9"):
         write_bytes("s3://bucket/x.bin", b"1")
     # our retries are the only layer: botocore's own (random backoff) took 41 s here
     assert time.monotonic() - started < 5
