@@ -19,7 +19,7 @@ from actors.noise_optimizer import NoiseOptimizer
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import JobConfig
-from pipeline.class_mapping import check_prior_fits, data_free_classes
+from pipeline.class_mapping import check_class_names_align, check_prior_fits, data_free_classes
 from pipeline.datasets import InputFile, list_input
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockLost, OutputLock
@@ -126,6 +126,7 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]
         image_shape = summary["image_shape"]
         check_prior_fits(cfg, meta, len(class_sizes))
+        check_class_names_align(cfg, meta, class_names)
     else:
         check_prior_fits(cfg, meta, None)
         class_names = data_free_classes(cfg, meta)

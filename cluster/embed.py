@@ -16,7 +16,8 @@ import torch
 
 from pipeline.class_store import META, embedding_tag
 from pipeline.config import DopingConfig
-from pipeline.datasets import InputFile, class_names_of, input_samples_in_tar
+from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, checked_class_sizes, class_names_of,
+                               input_samples_in_tar)
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image
@@ -60,10 +61,9 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
         batch_size=BATCH, batch_format="pyarrow", concurrency=(1, max(1, actors)),
         num_gpus=1 if use_gpus else 0, num_cpus=0 if use_gpus else 1)
     embedded.write_parquet(out_url, partition_cols=["label"])
-    sizes = _rows_per_label(out_url)
-    num_classes = max(sizes) + 1 if sizes else 0
-    meta = {"class_names": names or [str(i) for i in range(num_classes)],
-            "class_sizes": [sizes.get(c, 0) for c in range(num_classes)],
+    sizes = checked_class_sizes(_rows_per_label(out_url), names, input_url)
+    meta = {"class_names": names or [str(i) for i in range(len(sizes))],
+            "class_sizes": sizes,
             "encoder": doping.encoder, "channels": channels, "seed": seed,
             "scales": encoder.scales}
     write_json(join(out_url, META), meta)  # last: its presence marks the stage complete
@@ -108,9 +108,11 @@ class EmbedBatch:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keys = batch.column("__key__").to_pylist()
-        image_column = next(c for c in ("png", "jpg", "jpeg", "webp") if c in batch.column_names)
-        images = np.stack([decode_image(data, key) for key, data in
-                           zip(keys, batch.column(image_column).to_pylist())])
+        # each sample's own image: a batch may mix formats, and extensions keep their case
+        columns = [batch.column(c).to_pylist() for c in batch.column_names
+                   if c.lower() in IMAGE_EXTENSIONS]
+        images = np.stack([decode_image(next(c[i] for c in columns if c[i] is not None), key)
+                           for i, key in enumerate(keys)])
         labels = [int(v.decode().strip()) for v in batch.column("cls").to_pylist()]
         with torch.no_grad():
             vectors = self.encoder(to_model_space(images).to(self.device)).cpu().numpy()

@@ -1,6 +1,7 @@
 """A Ray Data reader for a DsCo run, complete or still being written: one read task per shard
 the plan has; each task waits until its shard is committed, verifies it against the index and
-yields its samples (``__key__`` plus one bytes column per file extension: png, cls, json)."""
+yields its samples (``__key__`` plus one bytes column per file extension: png, cls, json, and
+jpg / jpeg / webp where real samples in those formats were doped)."""
 from __future__ import annotations
 
 import logging

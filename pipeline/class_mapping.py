@@ -36,6 +36,28 @@ def check_prior_fits(cfg: JobConfig, meta: PriorMeta | None, input_classes: int 
                         "the input classes onto the prior's with model.class_map.")
 
 
+def check_class_names_align(cfg: JobConfig, meta: PriorMeta | None,
+                            input_names: list[str]) -> None:
+    """Without model.class_map, input class i is generated as prior class i. Where every input
+    class name is one of the prior's, but at another position (a class folder with no images,
+    folders sorted as text: "10" before "2"), that would generate the wrong classes: refuse
+    and give the class_map that matches them by name."""
+    if meta is None or cfg.model.class_map is not None or not meta.class_names:
+        return
+    prior_names = list(meta.class_names)
+    if not set(input_names) <= set(prior_names) or \
+            input_names == prior_names[:len(input_names)]:
+        return
+    by_name = [prior_names.index(name) for name in input_names]
+    first = next(i for i, c in enumerate(by_name) if c != i)
+    raise DscoError(f"input class {first} is {input_names[first]!r}, but the prior in "
+                    f"{cfg.model.path!r} calls its class {first} {prior_names[first]!r} "
+                    f"(and {input_names[first]!r} is its class {by_name[first]}): input "
+                    "classes are numbered in sorted order of their names. To generate each by "
+                    f"its name set model.class_map: {by_name[:20]}"
+                    f"{' ...' if len(by_name) > 20 else ''}, or relabel the input.")
+
+
 def prior_class(class_map: list[int] | None, label: int) -> int:
     """The prior class id that input class ``label`` is generated as."""
     return label if class_map is None else class_map[label]

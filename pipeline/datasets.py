@@ -10,6 +10,7 @@ import io
 import json
 import posixpath
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,8 @@ def list_input(url: str, layout: str) -> list[InputFile]:
     files = []
     for path, info in sorted(details.items()):
         rel = posixpath.relpath(path, root)
+        if _hidden(rel):  # .DS_Store, macOS ._ files, .git: never samples
+            continue
         keep = rel.endswith(".tar") if layout == "webdataset" else \
             rel.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and "/" in rel
         if keep or rel == "classes.json":
@@ -71,7 +74,16 @@ def list_input(url: str, layout: str) -> list[InputFile]:
         raise DscoError(f"the dataset {url!r} (input.url, or train-prior's --data) holds no "
                         f"{what} (layout {layout!r}); check the URL and the layout "
                         "(input.layout, or --layout).")
+    compressed = [p for p in details if p.endswith((".tar.gz", ".tgz")) and not _hidden(p)]
+    if layout == "webdataset" and compressed:  # skipped, they would lose their samples
+        raise DscoError(f"the dataset {url!r} holds compressed shards ({compressed[0]!r}, "
+                        f"{len(compressed)} in all), which DsCo does not read; decompress them "
+                        "to .tar (gzip -d, then rename to .tar).")
     return files
+
+
+def _hidden(path: str) -> bool:
+    return any(part.startswith(".") for part in path.split("/"))
 
 
 def read_dataset(url: str, layout: str, files: list[InputFile] | None = None) -> LabelledImages:
@@ -122,34 +134,70 @@ def class_names_of(data: bytes, source: str) -> list[str]:
     return names
 
 
+def checked_class_sizes(counts: dict[int, int], names: list[str] | None,
+                        url: str) -> list[int]:
+    """Samples per class 0..C-1 from ``counts`` (label -> samples); C is the number of names
+    in classes.json, else the largest label + 1. Refuses negative labels, labels past the
+    names, and classes without samples (a gap in the labels shifts nothing silently)."""
+    if any(label < 0 for label in counts):
+        raise DscoError(f"dataset {url!r} has a negative class label ({min(counts)}); labels "
+                        "must be 0..C-1.")
+    top = max(counts, default=-1)
+    if names is not None and top >= len(names):
+        raise DscoError(f"dataset {url!r}: classes.json names {len(names)} classes but labels "
+                        f"go up to {top}.")
+    sizes = [counts.get(c, 0) for c in range(len(names) if names is not None else top + 1)]
+    empty = [c for c, n in enumerate(sizes) if n == 0]
+    if empty:
+        named = [f"{c} ({names[c]!r})" if names else str(c) for c in empty[:5]]
+        raise DscoError(f"dataset {url!r} has no samples of class {', '.join(named)}"
+                        f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''}: every "
+                        "class 0..C-1 needs samples (C from classes.json, else the largest "
+                        "label + 1). Relabel the data without gaps, or list only the classes "
+                        "it has in classes.json.")
+    return sizes
+
+
 def count_per_class(url: str, layout: str) -> list[int]:
     """Samples per class label, without decoding images (folders: from the listing alone;
     webdataset: each shard is read, but only its ``.cls`` members are parsed)."""
-    files = [f for f in list_input(url, layout) if f.path != "classes.json"]
+    files = list_input(url, layout)
     if layout == "folders":
-        folders = [f.path.split("/", 1)[0] for f in files]
+        folders = [f.path.split("/", 1)[0] for f in files if f.path != "classes.json"]
         return [folders.count(name) for name in sorted(set(folders))]
     fs, root = filesystem(url)
-    labels: list[int] = []
+    counts: Counter = Counter()
+    names = None
     for f in files:
         data = with_retries(f"read {f.path}", lambda p=f.path: fs.cat_file(f"{root}/{p}"))
-        labels.extend(label for _, label, _, _ in input_samples_in_tar(data, f.path))
-    return np.bincount(np.array(labels, dtype=np.int64)).tolist() if labels else []
+        if f.path == "classes.json":
+            names = class_names_of(data, f"{url}/classes.json")
+        else:
+            counts.update(label for _, label, _, _ in input_samples_in_tar(data, f.path))
+    return checked_class_sizes(counts, names, url)
 
 
 def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes, str]]:
+    """(key, label, image bytes, image extension) of every sample of a WebDataset shard."""
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data))
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError, AttributeError) as exc:
+        cut_off = _ends_early(tar, data)
+    except (tarfile.TarError, OSError, EOFError, AttributeError) as exc:
         raise DscoError(f"input shard {shard!r} is not a readable tar ({exc}); "
                         "re-create it or remove it from the input.") from exc
+    if cut_off:
+        raise DscoError(f"input shard {shard!r} is cut off or damaged after its "
+                        f"{len(members)} readable files ({cut_off}): its other samples would "
+                        "be lost without a word. Re-create or re-copy it.")
     by_key: dict[str, dict[str, bytes]] = {}
     for name, payload in members.items():
-        if "." not in posixpath.basename(name):
+        base = posixpath.basename(name)
+        if "." not in base or base.startswith("."):
             continue
-        key, ext = name.split(".", 1)
-        by_key.setdefault(key, {})[ext.lower()] = payload
+        stem, ext = base.split(".", 1)  # as webdataset does: the key keeps dotted folders
+        by_key.setdefault(posixpath.join(posixpath.dirname(name), stem), {})[ext.lower()] = \
+            payload
     out = []
     for key, parts in by_key.items():
         ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
@@ -166,23 +214,40 @@ def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes,
     return out
 
 
+def _ends_early(tar: tarfile.TarFile, data: bytes) -> str:
+    """Why an uncompressed tar stops before its end (tarfile stops silently at a header that
+    was cut off), or '' when only the end-of-archive zero blocks follow its last member."""
+    if tar.fileobj.__class__ is not io.BytesIO:  # compressed: the stream checks itself
+        return ""
+    rest = data[tar.offset:]
+    if not rest:
+        return "no end-of-archive blocks"
+    if rest.strip(b"\0"):
+        return f"{len(rest)} bytes after the last readable file are not a tar entry"
+    return ""
+
+
 def _decode_all(samples, names, url, files) -> LabelledImages:
     samples.sort(key=lambda s: s[0])
     keys = [s[0] for s in samples]
-    if len(set(keys)) != len(keys):
-        raise DscoError(f"dataset {url!r} has duplicate sample keys; keys must be unique.")
+    twice = next((a for a, b in zip(keys, keys[1:]) if a == b), None)
+    if twice is not None:
+        raise DscoError(f"dataset {url!r} has the sample key {twice!r} more than once (in two "
+                        "shards, or as two images in one folder); keys must be unique.")
+    if not samples:
+        raise DscoError(f"dataset {url!r} holds no samples (its shards are empty); check "
+                        "input.url.")
     images = [decode_image(s[2], s[0]) for s in samples]
-    shapes = {im.shape for im in images}
+    shapes = Counter(im.shape for im in images)
     if len(shapes) != 1:
-        raise DscoError(f"dataset {url!r} mixes image shapes {sorted(shapes)}; resize every "
-                        "image to one size before concentrating.")
+        usual = shapes.most_common(1)[0][0]
+        odd = next(key for key, im in zip(keys, images) if im.shape != usual)
+        raise DscoError(f"dataset {url!r} mixes image shapes (H, W, C) {sorted(shapes)}: e.g. "
+                        f"{odd!r} is {next(im.shape for im in images if im.shape != usual)} "
+                        f"where most are {usual}. Convert every image to one size and one mode "
+                        "(grayscale or RGB) before concentrating.")
     labels = np.array([s[1] for s in samples], dtype=np.int64)
-    num_classes = int(labels.max()) + 1
-    if labels.min() < 0:
-        raise DscoError(f"dataset {url!r} has a negative class label; labels must be 0..C-1.")
-    names = names or [str(i) for i in range(num_classes)]
-    if len(names) < num_classes:
-        raise DscoError(f"dataset {url!r}: classes.json names {len(names)} classes but labels "
-                        f"go up to {num_classes - 1}.")
+    sizes = checked_class_sizes(Counter(labels.tolist()), names, url)
+    names = names or [str(i) for i in range(len(sizes))]
     return LabelledImages(keys, labels, np.stack(images), [s[2] for s in samples],
                           [s[3] for s in samples], list(names), files)

@@ -15,9 +15,13 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if img.mode not in ("L", "RGB"):
-                img = img.convert("RGB")
-            arr = np.asarray(img, dtype=np.uint8)
+            if img.mode.startswith("I;16"):  # 16-bit grey: PIL's convert would clip at 255
+                wide = np.asarray(img).astype(np.float64)
+                arr = np.round(wide / 257).astype(np.uint8)  # 65535 -> 255
+            else:
+                if img.mode not in ("L", "RGB"):
+                    img = img.convert("RGB")
+                arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DscoError(f"cannot decode {name!r} as an image ({exc}); "
                         "re-export the sample as PNG, JPEG or WebP.") from exc

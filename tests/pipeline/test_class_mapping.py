@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.class_mapping import check_prior_fits, data_free_classes
+from pipeline.class_mapping import check_class_names_align, check_prior_fits, data_free_classes
 from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
 from pipeline.nopt import initial_noise, optimize_classes, sample_images
@@ -14,6 +14,21 @@ META = PriorMeta("dit", 1000, 1000, 256, 3, [f"c{i}" for i in range(1000)])
 
 def cfg(*extra):
     return load_config(None, ["output=o", "model.path=m", "input.url=i", *extra])
+
+
+def test_input_classes_named_like_the_priors_at_other_positions_are_refused():
+    digits = PriorMeta("pixel_unet", 10, 10, 8, 1, [str(i) for i in range(10)])
+    check_class_names_align(cfg(), digits, ["0", "1", "2"])  # the first three: aligned
+    check_class_names_align(cfg(), digits, ["cat", "dog"])  # other names: nothing to compare
+    check_class_names_align(cfg("model.class_map=[0, 2]"), digits, ["0", "2"])
+    # folder 1 had no images, so folder 2 became class 1 and would be generated as a 1
+    with pytest.raises(DscoError, match=r"input class 1 is '2', but the prior .* calls its "
+                                        r"class 1 '1' .* set model.class_map: \[0, 2\]"):
+        check_class_names_align(cfg(), digits, ["0", "2"])
+    with pytest.raises(DscoError, match=r"model.class_map: \[0, 1, 10, 2\]"):  # text order
+        check_class_names_align(cfg(), PriorMeta("pixel_unet", 11, 11, 8, 1,
+                                                 [str(i) for i in range(11)]),
+                                ["0", "1", "10", "2"])
 
 
 def test_a_prior_of_another_kind_is_refused():

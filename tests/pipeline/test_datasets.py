@@ -1,9 +1,12 @@
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline.datasets import list_input, read_dataset
+from pipeline.datasets import count_per_class, list_input, read_dataset
 from pipeline.errors import DscoError
-from pipeline.images import encode_png
+from pipeline.images import decode_image, encode_png
 from pipeline.tarfiles import build_tar
 
 
@@ -38,8 +41,12 @@ def test_webdataset_layout_with_class_names(tmp_path):
     ([("a.png", b"x")], "needs an image"),
     ([("a.png", b"not a png"), ("a.cls", b"0")], "cannot decode"),
     ([("a.png", _image(1)), ("a.cls", b"cat")], "not an integer"),
-    ([("a.png", _image(1)), ("a.cls", b"0"), ("b.png", _image(1, size=5)), ("b.cls", b"0")],
-     "mixes image shapes"),
+    ([("a.png", _image(1)), ("a.cls", b"0"), ("b.png", _image(1, size=5)), ("b.cls", b"0"),
+      ("c.png", _image(1)), ("c.cls", b"0")],
+     r"mixes image shapes .*: e.g. 'b' is \(5, 5, 3\) where most are \(4, 4, 3\)"),
+    ([("a.png", _image(1)), ("a.cls", b"0"), ("b.png", _image(1)), ("b.cls", b"2")],
+     r"has no samples of class 1: every class 0..C-1 needs samples"),
+    ([("a.png", _image(1)), ("a.cls", b"-1")], "has a negative class label"),
 ])
 def test_bad_samples_are_named(tmp_path, members, fragment):
     (tmp_path / "000000.tar").write_bytes(build_tar(members))
@@ -83,3 +90,48 @@ def test_a_run_reads_the_files_it_listed_and_refuses_ones_that_changed(tmp_path)
     (tmp_path / "000000.tar").write_bytes(build_tar(shard + extra))
     with pytest.raises(DscoError, match="'000000.tar'.*input changed during the run"):
         read_dataset(str(tmp_path), "webdataset", listing)
+
+
+def test_a_tar_cut_off_at_a_header_is_refused_not_read_in_part(tmp_path):
+    members = [(f"s{i}.{ext}", _image(i) if ext == "png" else str(i % 2).encode())
+               for i in range(4) for ext in ("png", "cls")]
+    whole = build_tar(members)
+    # cut inside the fourth sample's header: tarfile stops there without a word
+    (tmp_path / "000000.tar").write_bytes(whole[:whole.index(b"s3.png") + 100])
+    with pytest.raises(DscoError, match="'000000.tar' is cut off or damaged after its 6 "
+                                        "readable files"):
+        read_dataset(str(tmp_path), "webdataset")
+    with pytest.raises(DscoError, match="cut off"):
+        count_per_class(str(tmp_path), "webdataset")  # `dsco plan` counts the same way
+
+
+def test_class_names_past_the_labels_and_compressed_shards_are_refused(tmp_path):
+    (tmp_path / "000000.tar").write_bytes(build_tar([("a.png", _image(1)), ("a.cls", b"0")]))
+    (tmp_path / "classes.json").write_text('["zero", "one"]')
+    for count in (read_dataset, count_per_class):
+        with pytest.raises(DscoError, match=r"no samples of class 1 \('one'\)"):
+            count(str(tmp_path), "webdataset")
+    (tmp_path / "classes.json").unlink()
+    (tmp_path / "000001.tar.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(DscoError, match="holds compressed shards .*000001.tar.gz"):
+        read_dataset(str(tmp_path), "webdataset")
+
+
+def test_hidden_files_are_no_samples_and_dotted_folders_stay_in_the_key(tmp_path):
+    for name in ("cat", "dog", ".thumbs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "img0.png").write_bytes(_image(10))
+    (tmp_path / "cat" / "._img0.png").write_bytes(b"macOS resource fork")
+    data = read_dataset(str(tmp_path), "folders")
+    assert data.class_names == ["cat", "dog"] and data.keys == ["cat/img0", "dog/img0"]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "000000.tar").write_bytes(build_tar(
+        [("v1.2/a.png", _image(1)), ("v1.2/a.cls", b"0"), ("v1.2/._a.png", b"junk")]))
+    assert read_dataset(str(shards), "webdataset").keys == ["v1.2/a"]  # as webdataset keys it
+
+
+def test_a_16_bit_png_is_scaled_not_clipped():
+    buf = io.BytesIO()
+    Image.fromarray(np.array([[0, 1000, 32896, 65535]], dtype=np.uint16)).save(buf, "PNG")
+    assert decode_image(buf.getvalue()).ravel().tolist() == [0, 4, 128, 255]
