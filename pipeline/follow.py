@@ -122,8 +122,9 @@ class FollowedShards(IterableDataset):
 def webdataset_of_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
                       rank: int | None = None, world_size: int | None = None):
     """A ``webdataset.DataPipeline`` of the run's samples ({"__key__", "png", "cls", "json"}
-    as bytes; a doped real sample's image keeps its input format: "jpg", ...), streaming while the run is written and ending when it completes. Add stages
-    (``wds.decode``, ``wds.to_tuple``, ``wds.batched``) with ``.compose`` or ``.append``.
+    as bytes; a doped real sample's image keeps its input format: "jpg", ...), streaming
+    while the run is written and ending when it completes. Add stages (``wds.decode``,
+    ``wds.to_tuple``, ``wds.batched``) with ``.compose`` or ``.append``.
     DataLoader workers and training processes each get their own shards (see
     :class:`FollowedShards`)."""
     import webdataset as wds
