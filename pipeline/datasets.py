@@ -56,8 +56,8 @@ def list_input(url: str, layout: str) -> list[InputFile]:
     fs, root = filesystem(url)
     if not with_retries(f"stat {url}", lambda: fs.isdir(root)):
         raise DscoError(f"the dataset {url!r} (input.url, or train-prior's --data) is not a "
-                        "folder or prefix that exists; point it at the dataset (for digits: "
-                        "run `dsco prepare-digits`).")
+                        "folder or prefix that exists; point it at the dataset's folder (not "
+                        "at one of its shards; for digits: run `dsco prepare-digits`).")
     details = with_retries(f"list {url}", lambda: fs.find(root, detail=True))
     files = []
     for path, info in sorted(details.items()):
@@ -181,7 +181,8 @@ def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes,
     """(key, label, image bytes, image extension) of every sample of a WebDataset shard."""
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data))
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        files = [m for m in tar.getmembers() if m.isfile()]
+        members = {m.name: tar.extractfile(m).read() for m in files}
         cut_off = _ends_early(tar, data)
     except (tarfile.TarError, OSError, EOFError, AttributeError) as exc:
         raise DscoError(f"input shard {shard!r} is not a readable tar ({exc}); "
@@ -190,6 +191,11 @@ def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes,
         raise DscoError(f"input shard {shard!r} is cut off or damaged after its "
                         f"{len(members)} readable files ({cut_off}): its other samples would "
                         "be lost without a word. Re-create or re-copy it.")
+    if len(members) != len(files):  # appended to (tar -r): which copy is meant is unknown
+        again = next(m.name for i, m in enumerate(files) if m.name in
+                     {f.name for f in files[:i]})
+        raise DscoError(f"input shard {shard!r} holds {again!r} more than once; re-create it "
+                        "with one copy of each file.")
     by_key: dict[str, dict[str, bytes]] = {}
     for name, payload in members.items():
         base = posixpath.basename(name)

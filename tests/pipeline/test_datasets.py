@@ -47,6 +47,7 @@ def test_webdataset_layout_with_class_names(tmp_path):
     ([("a.png", _image(1)), ("a.cls", b"0"), ("b.png", _image(1)), ("b.cls", b"2")],
      r"has no samples of class 1: every class 0..C-1 needs samples"),
     ([("a.png", _image(1)), ("a.cls", b"-1")], "has a negative class label"),
+    ([("a.png", _image(1)), ("a.cls", b"0"), ("a.cls", b"1")], "holds 'a.cls' more than once"),
 ])
 def test_bad_samples_are_named(tmp_path, members, fragment):
     (tmp_path / "000000.tar").write_bytes(build_tar(members))
