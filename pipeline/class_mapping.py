@@ -21,6 +21,10 @@ def check_prior_fits(cfg: JobConfig, meta: PriorMeta | None, input_classes: int 
     if cfg.model.kind not in ("auto", meta.kind):
         raise DscoError(f"model.kind is {cfg.model.kind!r} but {path!r} holds a {meta.kind!r} "
                         "prior; fix model.path or model.kind.")
+    if cfg.nopt.guidance != 1.0 and meta.null_class is None:
+        raise DscoError(f"nopt.guidance={cfg.nopt.guidance} needs a prior with a null class, "
+                        f"but the prior in {path!r} has none; set nopt.guidance: 1.0 or train "
+                        "the prior with label dropout.")
     class_map = cfg.model.class_map
     if class_map is not None:
         if input_classes is not None and len(class_map) != input_classes:

@@ -268,7 +268,14 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     if value is None and type(None) in allowed:
         return None
     for typ in allowed:
+        if typ is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                continue
         if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise DscoError(f"config key {name!r} must be a finite number, got {value!r}.")
             return float(value)
         if typing.get_origin(typ) is list and isinstance(value, list):
             [item] = typing.get_args(typ)
@@ -340,6 +347,9 @@ def validate(cfg: JobConfig) -> None:
     _require(nopt.mmd_estimator in MMD_ESTIMATORS, f"nopt.mmd_estimator "
              f"{nopt.mmd_estimator!r} is unknown; use one of {list(MMD_ESTIMATORS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")
+    _require(nopt.first_sampler_step < nopt.ddim_steps, f"nopt.start_fraction "
+             f"{nopt.start_fraction} of {nopt.ddim_steps} DDIM steps starts at the last step: "
+             "no step would be left to optimise through. Lower it (0.5 is the default).")
     _require(nopt.learning_rate > 0, f"nopt.learning_rate must be > 0, got "
              f"{nopt.learning_rate}.")
     _require(nopt.prior_weight >= 0, f"nopt.prior_weight must be >= 0, got "
@@ -361,7 +371,7 @@ def validate(cfg: JobConfig) -> None:
     _require(cfg.doping.selector in SELECTORS, f"doping.selector {cfg.doping.selector!r} is "
              f"unknown; use one of {list(SELECTORS)}.")
     _require(cfg.doping.knn >= 1, f"doping.knn must be >= 1, got {cfg.doping.knn}.")
-    _require(math.isfinite(cfg.doping.boundary_weight) and cfg.doping.boundary_weight >= 0,
+    _require(cfg.doping.boundary_weight >= 0,
              f"doping.boundary_weight must be a number >= 0 (0 turns the boundary lean off), "
              f"got {cfg.doping.boundary_weight}.")
     _require(cfg.write.shard_size >= 1, f"write.shard_size must be >= 1, got "

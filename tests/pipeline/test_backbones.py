@@ -130,3 +130,15 @@ def test_the_run_id_follows_the_pretrained_weights_and_missing_weights_are_expla
     weights_file.unlink()
     with pytest.raises(DscoError, match="does not exist here"):
         run_id()
+
+
+def test_new_weights_at_the_same_path_embed_anew(tmp_path):
+    from pipeline.class_store import embedding_tag
+
+    weights = tmp_path / "resnet.safetensors"
+    weights.write_bytes(b"weights A")
+    encoder = f"pretrained:{weights}"
+    before = embedding_tag([], encoder, 0)
+    weights.write_bytes(b"weights B")  # the run_id changes with them, so must the cache
+    assert embedding_tag([], encoder, 0) != before
+    assert embedding_tag([], "random_conv", 0) == embedding_tag([], "random_conv", 0)

@@ -37,6 +37,13 @@ def test_a_prior_of_another_kind_is_refused():
     check_prior_fits(cfg("model.kind=dit"), META, 1000)
 
 
+def test_guidance_needs_a_null_class_and_is_refused_before_the_run_without_one():
+    no_null = PriorMeta("pixel_unet", 10, None, 8, 1, [str(i) for i in range(10)])
+    check_prior_fits(cfg(), no_null, 10)
+    with pytest.raises(DscoError, match="nopt.guidance=2.0 needs a prior with a null class"):
+        check_prior_fits(cfg("nopt.guidance=2"), no_null, 10)
+
+
 def test_the_input_must_have_the_configured_class_count():
     with pytest.raises(DscoError, match="input.num_classes is 1000 but 'i' has 999"):
         check_prior_fits(cfg("input.num_classes=1000"), META, 999)

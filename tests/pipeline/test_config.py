@@ -41,9 +41,13 @@ def test_set_output_redirects_the_run():
     ("nopt.start_fraction=1", "nopt.start_fraction must be in [0, 1) (the share of the sampler's "
      "steps the inverted start skips), got 1"),
     ("nopt.start_fraction=-0.5", "nopt.start_fraction must be in [0, 1)"),
+    ("nopt.start_fraction=0.99999999999", "nopt.start_fraction 0.99999999999 of 10 DDIM steps "
+     "starts at the last step"),
+    ("nopt.learning_rate=.inf", "config key 'nopt.learning_rate' must be a finite number"),
+    ("execution.lease_seconds=nan", "config key 'execution.lease_seconds' must be a finite"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
     ("doping.boundary_weight=-1", "doping.boundary_weight must be a number >= 0"),
-    ("doping.boundary_weight=.inf", "doping.boundary_weight must be a number >= 0"),
+    ("doping.boundary_weight=.inf", "'doping.boundary_weight' must be a finite number"),
     ("size.fraction=0.5", "set exactly one of size.ipc and size.fraction (got ipc=10, "
      "fraction=0.5); for a fraction, clear the IPC (it defaults to 10) with --set size.ipc=null"),
     ("size.ipc=null", "(got ipc=None, fraction=None); set one, e.g. --set size.ipc=10."),
@@ -187,3 +191,8 @@ def test_nopts_thread_count_is_in_the_run_id_and_the_actor_count_is_not():
     assert run_id_with("execution.actors=5") == default == run_id_with("execution.cpus_per_actor=1")
     # two threads change the last bits of NOpt's images: a run of them is another run
     assert run_id_with("execution.cpus_per_actor=2") != default
+
+
+def test_exponents_read_as_numbers():
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string: "must be float, got '1e-3'" was the answer
+    assert load_config(None, [*BASE, "nopt.learning_rate=1e-3"]).nopt.learning_rate == 0.001
