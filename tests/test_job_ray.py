@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
 import pipeline.class_store as class_store
 from cluster.driver import input_listing, run_job
@@ -14,7 +15,6 @@ from pipeline.class_store import InMemoryStore
 from pipeline.config import DopingConfig, load_config
 from pipeline.errors import DscoError, JobFailed
 from pipeline.evaluation import TrainRecipe
-from pipeline.prior_meta import PRIOR_META
 from pipeline.reader import read_index, samples_in_tar
 from pipeline.storage import join
 from pipeline.trained_encoder import train_features
@@ -199,14 +199,17 @@ def test_doped_units_are_optimised_side_by_side(ray_local, tiny_prior, digits_di
     assert max(start_a, start_b) < min(end_a, end_b)  # one began before the other ended
 
 
-def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, digits_dir):
-    prior = make_tiny_prior(tmp_path / "prior")
-    meta = json.loads((prior / PRIOR_META).read_text())
-    meta["null_class"] = None  # guidance 2 then fails inside every NoiseOptimizer call
-    (prior / PRIOR_META).write_text(json.dumps(meta))
-    cfg = job(tmp_path / "out", prior, digits_dir, "nopt.guidance=2.0",
+def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, digits_dir,
+                                                           tiny_prior):
+    # whole safetensors (the driver's check passes) that are no ResNet: NOpt's feature map
+    # fails inside every NoiseOptimizer call
+    from safetensors.torch import save_file
+
+    save_file({"not_a_resnet": torch.zeros(3)}, str(tmp_path / "bogus.safetensors"))
+    cfg = job(tmp_path / "out", tiny_prior, digits_dir,
+              f"nopt.feature_map=pretrained:{tmp_path / 'bogus.safetensors'}",
               "execution.max_retries=1")
-    with pytest.raises(JobFailed, match="4 work unit.*failed after 1 retries.*null class"):
+    with pytest.raises(JobFailed, match="4 work unit.*failed after 1 retries.*not a ResNet"):
         run_job(cfg, progress=False)
     [run_dir] = [p for p in (tmp_path / "out").iterdir() if p.name != "cache"]
     assert not (run_dir / "index.json").exists() or not read_index(str(run_dir))["complete"]
