@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from functools import partial
 
 from pipeline.config import INPUT_LAYOUTS
-from pipeline.errors import DscoError, JobFailed, Terminated
+from pipeline.errors import DscoError, JobFailed
 
 
 def _at_least(minimum: float, kind: type = int):
@@ -137,6 +138,9 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+RESUMABLE = ("run", "demo", "bench")  # a rerun goes on from what these kept
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="dsco", description="DsCo dataset concentration.")
@@ -231,6 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.lock import LockHeld
 
     args = build_parser().parse_args(argv)
+    terminated: list[int] = []
+
+    def stop_like_ctrl_c(signum, frame) -> None:
+        # KeyboardInterrupt is what Ray lets through a blocking ray.get / ray.wait; the
+        # unwinding releases the output's lock (ray.init's own handler exited with 1)
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop_like_ctrl_c) if args.command in RESUMABLE \
+        else None
     try:
         return args.func(args)
     except LockHeld as exc:
@@ -243,11 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted{_resumes(args.command)}", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"terminated (SIGTERM){_resumes(args.command)}", file=sys.stderr)
-        return 143
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}"
+              f"{_resumes(args.command)}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:  # main() also runs inside tests and other programs
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _resumes(command: str) -> str:

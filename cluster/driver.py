@@ -19,10 +19,11 @@ from actors.noise_optimizer import NoiseOptimizer
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import JobConfig
-from pipeline.class_mapping import check_class_names_align, check_prior_fits, data_free_classes
+from pipeline.class_mapping import (check_class_names_align, check_guidance, check_prior_fits,
+                                    data_free_classes)
 from pipeline.datasets import InputFile, list_input
 from pipeline.errors import DscoError, JobFailed
-from pipeline.lock import LockLost, OutputLock
+from pipeline.lock import LockHeld, LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import prior_image_shape, read_prior_meta, weights_file_problem
@@ -74,12 +75,17 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     index = _complete_index(run_url)
     if index and not latest_lags(cfg.output, rid, index):
         return _up_to_date(rid, run_url)
+    if index:  # complete, but latest.json lags: repair it unless another run writes there
+        try:
+            with OutputLock(cfg.output, rid, cfg.execution.lease_seconds):
+                if latest_lags(cfg.output, rid, index):
+                    point_latest_at(cfg.output, rid, index)
+        except LockHeld:
+            pass  # that run moves latest.json itself when it completes
+        return _up_to_date(rid, run_url)
     with OutputLock(cfg.output, rid, cfg.execution.lease_seconds) as lock:
         # checked again under the lock: a run that held it may have just finished this one
-        index = _complete_index(run_url)
-        if index:
-            if latest_lags(cfg.output, rid, index):
-                point_latest_at(cfg.output, rid, index)
+        if _complete_index(run_url):
             return _up_to_date(rid, run_url)
         return _run_locked(cfg, address, meta, listing, rid, run_url, started, lock, progress)
 
@@ -132,8 +138,10 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
         class_names = data_free_classes(cfg, meta)
         class_sizes, image_shape = [0] * len(class_names), None
     plan = make_plan(cfg, class_sizes)
-    if image_shape and not cfg.nopt.data_free and any(u.needs_nopt for u in plan.units):
-        check_references_fit(cfg, meta, image_shape)
+    if any(u.needs_nopt for u in plan.units):
+        check_guidance(cfg, meta)
+        if image_shape and not cfg.nopt.data_free:
+            check_references_fit(cfg, meta, image_shape)
     # started once the input and the prior are checked: bad input leaves no run folder behind
     coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     ray.get(coordinator.start.remote(plan.num_shards))

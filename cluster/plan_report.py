@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from cluster.costs import measured_step_cost
 from cluster.resources import optimizer_shape
-from pipeline.class_mapping import check_prior_fits
+from pipeline.class_mapping import check_guidance, check_prior_fits
 from pipeline.config import JobConfig
 from pipeline.datasets import count_per_class
 from pipeline.errors import DscoError
 from pipeline.planning import Plan, check_selection_only, make_plan, pretrained_weights
-from pipeline.prior_meta import read_prior_meta, weights_file_problem
+from pipeline.prior_meta import PriorMeta, read_prior_meta, weights_file_problem
 
 # With checkpointing an optimisation step costs about four forward passes (forward, recompute,
 # backward ~ 2); plain sampling and data-free reference images need the forward pass only.
@@ -28,6 +28,7 @@ class ClassSizes:
     kind: str | None  # the prior's kind: from its directory, else from model.kind
     notes: list[str]
     real_known: bool = True  # False: a size.fraction of data nobody could count
+    meta: PriorMeta | None = None  # the prior's metadata, where model.path is readable
 
 
 # Stands in for class sizes nobody could count under a size.fraction: large enough that every
@@ -59,7 +60,7 @@ def class_sizes(cfg: JobConfig, classes: int | None, samples_per_class: int | No
             if meta is not None:  # the run's own check: a mismatch fails the plan as it would
                 check_prior_fits(cfg, meta, len(sizes))
             notes.append(f"class sizes counted in {cfg.input.url} ({sum(sizes)} samples)")
-            return ClassSizes(sizes, kind, notes)
+            return ClassSizes(sizes, kind, notes, meta=meta)
     count = next((n for n in (cfg.input.num_classes, len(cfg.model.class_map or []) or None,
                               meta.num_classes if meta else None, classes) if n), None)
     if count is None:
@@ -69,16 +70,16 @@ def class_sizes(cfg: JobConfig, classes: int | None, samples_per_class: int | No
                         "for ImageNet-1K, 10 for digits), or make the data readable here (for "
                         "digits: `dsco prepare-digits --out data/digits`).")
     if not cfg.uses_real_data():
-        return ClassSizes([0] * count, kind, notes)
+        return ClassSizes([0] * count, kind, notes, meta=meta)
     if samples_per_class is not None:
         notes.append(f"assumed {samples_per_class} real samples per class")
-        return ClassSizes([samples_per_class] * count, kind, notes)
+        return ClassSizes([samples_per_class] * count, kind, notes, meta=meta)
     if cfg.size.fraction is not None:
         notes.append("real sample counts unknown (size.fraction of data not readable here); "
                      "pass --samples-per-class N for them (ImageNet-1K averages 1281)")
-        return ClassSizes([UNCOUNTED] * count, kind, notes, real_known=False)
+        return ClassSizes([UNCOUNTED] * count, kind, notes, real_known=False, meta=meta)
     notes.append(f"assumed every class has at least size.ipc = {cfg.size.ipc} real samples")
-    return ClassSizes([cfg.size.ipc] * count, kind, notes)
+    return ClassSizes([cfg.size.ipc] * count, kind, notes, meta=meta)
 
 
 def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None = None,
@@ -87,6 +88,8 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
     counted = class_sizes(cfg, classes, samples_per_class)
     plan = make_plan(cfg, counted.sizes)
     synthetic = sum(b.synthetic for u in plan.units for b in u.budgets)
+    if synthetic and counted.meta is not None:  # the run's own check
+        check_guidance(cfg, counted.meta)
 
     def real(count: int) -> str:
         return str(count) if counted.real_known else "?"

@@ -12,7 +12,7 @@ from ray._private import services as ray_services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import ExecutionConfig
-from pipeline.errors import DscoError, Terminated
+from pipeline.errors import DscoError
 
 
 def connect(address: str | None) -> None:
@@ -20,6 +20,7 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    caller_sigterm = signal.getsignal(signal.SIGTERM)
     if address:  # under `ray job submit` the job's own runtime_env applies; add none here
         refuse_a_dead_cluster(address)
         try:
@@ -35,14 +36,8 @@ def connect(address: str | None) -> None:
         # --address auto)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=True)
-    if threading.current_thread() is threading.main_thread():
-        # ray.init's own handler exits at once with status 1; unwinding instead releases the
-        # output's lock and ends with the CLI's message
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+    if callable(caller_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, caller_sigterm)  # the CLI's: ray.init put its own exit
 
 
 def refuse_a_dead_cluster(address: str | None) -> None:
@@ -62,7 +57,7 @@ def refuse_a_dead_cluster(address: str | None) -> None:
         return
     host, _, port = gcs.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()  # IPv6
     except (OSError, ValueError) as exc:
         source = (f"the address {address!r}" if address else
                   f"RAY_ADDRESS {os.environ['RAY_ADDRESS']!r}" if os.environ.get("RAY_ADDRESS")

@@ -21,10 +21,6 @@ def check_prior_fits(cfg: JobConfig, meta: PriorMeta | None, input_classes: int 
     if cfg.model.kind not in ("auto", meta.kind):
         raise DscoError(f"model.kind is {cfg.model.kind!r} but {path!r} holds a {meta.kind!r} "
                         "prior; fix model.path or model.kind.")
-    if cfg.nopt.guidance != 1.0 and meta.null_class is None:
-        raise DscoError(f"nopt.guidance={cfg.nopt.guidance} needs a prior with a null class, "
-                        f"but the prior in {path!r} has none; set nopt.guidance: 1.0 or train "
-                        "the prior with label dropout.")
     class_map = cfg.model.class_map
     if class_map is not None:
         if input_classes is not None and len(class_map) != input_classes:
@@ -40,6 +36,15 @@ def check_prior_fits(cfg: JobConfig, meta: PriorMeta | None, input_classes: int 
                         "the input classes onto the prior's with model.class_map.")
 
 
+def check_guidance(cfg: JobConfig, meta: PriorMeta) -> None:
+    """Guidance other than 1 runs the prior's null class too: refuse a prior without one
+    (called where the run has synthetic images to make)."""
+    if cfg.nopt.guidance != 1.0 and meta.null_class is None:
+        raise DscoError(f"nopt.guidance={cfg.nopt.guidance} needs a prior with a null class, "
+                        f"but the prior in {cfg.model.path!r} has none; set nopt.guidance: 1.0 "
+                        "or train the prior with label dropout.")
+
+
 def check_class_names_align(cfg: JobConfig, meta: PriorMeta | None,
                             input_names: list[str]) -> None:
     """Without model.class_map, input class i is generated as prior class i. Where every input
@@ -50,7 +55,8 @@ def check_class_names_align(cfg: JobConfig, meta: PriorMeta | None,
         return
     prior_names = list(meta.class_names)
     if not set(input_names) <= set(prior_names) or \
-            input_names == prior_names[:len(input_names)]:
+            input_names == prior_names[:len(input_names)] or \
+            len(set(prior_names)) < len(prior_names):  # a name twice: no mapping by name
         return
     by_name = [prior_names.index(name) for name in input_names]
     first = next(i for i, c in enumerate(by_name) if c != i)

@@ -348,8 +348,8 @@ def validate(cfg: JobConfig) -> None:
              f"{nopt.mmd_estimator!r} is unknown; use one of {list(MMD_ESTIMATORS)}.")
     _require(nopt.ddim_steps >= 1, f"nopt.ddim_steps must be >= 1, got {nopt.ddim_steps}.")
     _require(nopt.first_sampler_step < nopt.ddim_steps, f"nopt.start_fraction "
-             f"{nopt.start_fraction} of {nopt.ddim_steps} DDIM steps starts at the last step: "
-             "no step would be left to optimise through. Lower it (0.5 is the default).")
+             f"{nopt.start_fraction} of {nopt.ddim_steps} DDIM steps leaves no sampler step to "
+             "optimise through. Lower it (0.5 is the default).")
     _require(nopt.learning_rate > 0, f"nopt.learning_rate must be > 0, got "
              f"{nopt.learning_rate}.")
     _require(nopt.prior_weight >= 0, f"nopt.prior_weight must be >= 0, got "

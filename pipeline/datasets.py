@@ -69,16 +69,17 @@ def list_input(url: str, layout: str) -> list[InputFile]:
         if keep or rel == "classes.json":
             version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
             files.append(InputFile(rel, int(info.get("size") or 0), version))
+    compressed = [rel for rel in (posixpath.relpath(p, root) for p in details)
+                  if rel.endswith((".tar.gz", ".tgz")) and not _hidden(rel)]
+    if layout == "webdataset" and compressed:  # skipped, they would lose their samples
+        raise DscoError(f"the dataset {url!r} holds compressed shards ({compressed[0]!r}, "
+                        f"{len(compressed)} in all), which DsCo does not read; decompress them "
+                        "to .tar (gzip -d, then rename to .tar).")
     if not any(f.path != "classes.json" for f in files):
         what = "*.tar shards" if layout == "webdataset" else "class folders with images"
         raise DscoError(f"the dataset {url!r} (input.url, or train-prior's --data) holds no "
                         f"{what} (layout {layout!r}); check the URL and the layout "
                         "(input.layout, or --layout).")
-    compressed = [p for p in details if p.endswith((".tar.gz", ".tgz")) and not _hidden(p)]
-    if layout == "webdataset" and compressed:  # skipped, they would lose their samples
-        raise DscoError(f"the dataset {url!r} holds compressed shards ({compressed[0]!r}, "
-                        f"{len(compressed)} in all), which DsCo does not read; decompress them "
-                        "to .tar (gzip -d, then rename to .tar).")
     return files
 
 
@@ -225,9 +226,7 @@ def _ends_early(tar: tarfile.TarFile, data: bytes) -> str:
     was cut off), or '' when only the end-of-archive zero blocks follow its last member."""
     if tar.fileobj.__class__ is not io.BytesIO:  # compressed: the stream checks itself
         return ""
-    rest = data[tar.offset:]
-    if not rest:
-        return "no end-of-archive blocks"
+    rest = data[tar.offset:]  # empty for writers that leave out the end-of-archive blocks
     if rest.strip(b"\0"):
         return f"{len(rest)} bytes after the last readable file are not a tar entry"
     return ""

@@ -8,7 +8,3 @@ class DscoError(Exception):
 
 class JobFailed(Exception):
     """Some work units failed after every retry; the run stays incomplete (a rerun resumes)."""
-
-
-class Terminated(BaseException):
-    """The process got SIGTERM (`ray job stop`, Kubernetes, `timeout`): it stops like Ctrl-C."""

@@ -54,10 +54,10 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
         settings["nopt"].pop("start_fit_steps", None)
         settings["nopt"].pop("start_fraction", None)
     # how work is spread over actors does not change what is written; the grouping does, and
-    # so does NOpt's CPU thread count (torch's reductions, so the last bits of every image);
-    # left out at 1, the count every run had before it was hashed
+    # so does NOpt's CPU thread count where it runs on CPUs (torch's reductions, so the last
+    # bits of every image); left out at 1, the count every run had before it was hashed
     settings["execution"] = {"classes_per_unit": cfg.execution.classes_per_unit}
-    if cfg.execution.cpus_per_actor != 1:
+    if cfg.execution.cpus_per_actor != 1 and cfg.execution.accelerator != "gpu":
         settings["execution"]["cpus_per_actor"] = cfg.execution.cpus_per_actor
     if not may_dope(cfg):  # a pure NOpt run: changing the doping settings reuses its output
         settings.pop("doping")

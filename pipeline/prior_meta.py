@@ -108,7 +108,10 @@ def weights_file_problem(path: str) -> str | None:
     safetensors file (read without torch; a torch file is only checked when loaded)."""
     if not os.path.isfile(path):
         return "does not exist here"
-    return safetensors_problem(path) if path.endswith(".safetensors") else None
+    try:
+        return safetensors_problem(path) if path.endswith(".safetensors") else None
+    except OSError as exc:  # unreadable (permissions, a dead mount)
+        return f"cannot be read ({exc})"
 
 
 def prior_image_shape(meta: PriorMeta) -> tuple[int, int, int]:

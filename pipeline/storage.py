@@ -20,17 +20,18 @@ from pipeline.errors import DscoError
 T = TypeVar("T")
 RETRIES = 5  # backoff 0.5 + 1 + 2 + 4 s: a storage outage of about 7 s is survived
 # botocore retries each request itself (up to 5 times with random backoff), under our
-# retries: an unreachable endpoint took 41 s to report. Ours are the one layer, unless the
-# user tunes botocore's through the standard variables.
+# retries: an unreachable S3-compatible endpoint took 41 s to report. For such endpoints
+# (AWS_ENDPOINT_URL) ours replace botocore's, unless the user tunes those through the
+# standard variables; AWS itself keeps botocore's (its 5xx and throttling retries).
 BOTOCORE_RETRY_VARS = ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
 PARTIAL = ".partial-"  # local writes go to <name>.partial-<random> first, then are renamed
 try:  # S3 connection errors are botocore exceptions, not OSError
     from botocore.exceptions import BotoCoreError, NoCredentialsError
-    RETRYABLE: tuple[type[BaseException], ...] = (OSError, BotoCoreError)
+    S3_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError,)
     MISSING_CREDENTIALS: tuple[type[BaseException], ...] = (NoCredentialsError,)
 except ImportError:  # pragma: no cover - s3fs is a dependency, but keep local use working
-    RETRYABLE = (OSError,)
-    MISSING_CREDENTIALS = ()
+    S3_ERRORS = MISSING_CREDENTIALS = ()
+RETRYABLE = (OSError, *S3_ERRORS)
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -41,8 +42,9 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         endpoint = os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
-        if not any(os.environ.get(name) for name in BOTOCORE_RETRY_VARS):
-            options["config_kwargs"] = {"retries": {"mode": "standard", "total_max_attempts": 1}}
+            if not any(os.environ.get(name) for name in BOTOCORE_RETRY_VARS):
+                options["config_kwargs"] = {"retries": {"mode": "standard",
+                                                        "total_max_attempts": 1}}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:  # a protocol whose fsspec backend is not installed
@@ -87,11 +89,12 @@ def with_retries(what: str, fn: Callable[[], T]) -> T:
                             "a bucket) and pass that path.") from exc
         except RETRYABLE as exc:
             if attempt == RETRIES - 1:
-                endpoint = os.environ.get("AWS_ENDPOINT_URL")
+                endpoint = os.environ.get("AWS_ENDPOINT_URL") or "unset: AWS itself"
+                where = f"the endpoint (AWS_ENDPOINT_URL: {endpoint}) is reachable and " \
+                    if isinstance(exc, S3_ERRORS) else ""
                 raise DscoError(f"storage operation failed after {RETRIES} tries: {what}: {exc}. "
-                                "Check that the bucket exists, the endpoint (AWS_ENDPOINT_URL"
-                                f"{f' = {endpoint}' if endpoint else ', unset: AWS itself'}) "
-                                "is reachable and the credentials allow writing.") from exc
+                                f"Check that the bucket or folder exists, {where}the "
+                                "credentials or permissions allow writing.") from exc
             time.sleep(0.5 * 2 ** attempt)
     raise AssertionError("unreachable")
 

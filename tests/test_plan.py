@@ -6,7 +6,8 @@ import pytest
 
 from cluster.cli import main
 from cluster.costs import RESULTS
-from tests.conftest import REPO
+from pipeline.prior_meta import PRIOR_META
+from tests.conftest import REPO, make_tiny_prior
 
 DIGITS = str(REPO / "configs" / "digits.yaml")
 
@@ -137,6 +138,19 @@ def test_a_plan_without_a_model_is_a_selection_or_names_what_needs_one(capsys, d
     code, _, err = plan(capsys, "--set", "model.path=", "--set", data)
     assert code == 2 and "so the job can only select real images, but every class gets 10 " \
         "synthetic of its 10" in err
+
+
+def test_guidance_without_a_null_class_fails_the_plan_only_where_nopt_runs(capsys, digits_dir,
+                                                                           tmp_path):
+    prior = make_tiny_prior(tmp_path / "prior")
+    meta = json.loads((prior / PRIOR_META).read_text())
+    meta["null_class"] = None
+    (prior / PRIOR_META).write_text(json.dumps(meta))
+    sets = ["--set", f"model.path={prior}", "--set", f"input.url={digits_dir / 'train'}",
+            "--set", "nopt.guidance=2"]
+    code, _, err = plan(capsys, *sets)
+    assert code == 2 and "nopt.guidance=2.0 needs a prior with a null class" in err
+    assert plan(capsys, *sets, "--set", "size.doping_fraction=1")[0] == 0  # a selection
 
 
 def test_a_class_count_the_run_would_refuse_fails_the_plan(capsys, tiny_prior, digits_dir):

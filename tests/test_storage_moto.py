@@ -47,7 +47,7 @@ def test_unreachable_endpoint_is_explained(moto_env, monkeypatch):
     monkeypatch.setattr("pipeline.storage.time.sleep", lambda s: None)
     started = time.monotonic()
     with pytest.raises(DscoError,
-                       match="failed after 5 tries.*AWS_ENDPOINT_URL = http://127.0.0.1:9"):
+                       match="failed after 5 tries.*AWS_ENDPOINT_URL: http://127.0.0.1:9"):
         write_bytes("s3://bucket/x.bin", b"1")
     # our retries are the only layer: botocore's own (random backoff) took 41 s here
     assert time.monotonic() - started < 5
@@ -60,4 +60,8 @@ def test_botocore_retries_stay_the_users_to_configure(moto_env, monkeypatch):
     assert fs.config_kwargs["retries"]["total_max_attempts"] == 1  # no retry of its own
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
     fs, _ = filesystem("s3://bucket/b")
+    assert "retries" not in fs.config_kwargs
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # AWS itself keeps botocore's 5xx retries
+    fs, _ = filesystem("s3://bucket/c")
     assert "retries" not in fs.config_kwargs

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pipeline.class_mapping import check_class_names_align, check_prior_fits, data_free_classes
+from pipeline.class_mapping import (check_class_names_align, check_guidance, check_prior_fits,
+                                    data_free_classes)
 from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
 from pipeline.nopt import initial_noise, optimize_classes, sample_images
@@ -39,9 +40,9 @@ def test_a_prior_of_another_kind_is_refused():
 
 def test_guidance_needs_a_null_class_and_is_refused_before_the_run_without_one():
     no_null = PriorMeta("pixel_unet", 10, None, 8, 1, [str(i) for i in range(10)])
-    check_prior_fits(cfg(), no_null, 10)
+    check_guidance(cfg(), no_null)
     with pytest.raises(DscoError, match="nopt.guidance=2.0 needs a prior with a null class"):
-        check_prior_fits(cfg("nopt.guidance=2"), no_null, 10)
+        check_guidance(cfg("nopt.guidance=2"), no_null)
 
 
 def test_the_input_must_have_the_configured_class_count():
