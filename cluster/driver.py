@@ -19,14 +19,14 @@ from actors.noise_optimizer import NoiseOptimizer
 from cluster.actor_pool import ActorsCannotStart, OptimizerPool
 from cluster.resources import connect, head_node_id, io_actor_options, optimizer_shape
 from pipeline.config import JobConfig
-from pipeline.class_mapping import (check_class_names_align, check_guidance, check_prior_fits,
-                                    data_free_classes)
+from pipeline.class_mapping import (check_class_names_align, check_guidance, check_images_fit,
+                                    check_prior_fits, data_free_classes)
 from pipeline.datasets import InputFile, list_input
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockHeld, LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
-from pipeline.prior_meta import prior_image_shape, read_prior_meta, weights_file_problem
+from pipeline.prior_meta import read_prior_meta, weights_file_problem
 from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
 from pipeline.writer import latest_lags, point_latest_at
@@ -141,7 +141,7 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     if any(u.needs_nopt for u in plan.units):
         check_guidance(cfg, meta)
         if image_shape and not cfg.nopt.data_free:
-            check_references_fit(cfg, meta, image_shape)
+            check_images_fit(cfg, meta, image_shape)
     # started once the input and the prior are checked: bad input leaves no run folder behind
     coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
     ray.get(coordinator.start.remote(plan.num_shards))
@@ -151,15 +151,6 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     lock.check()
     metrics = ray.get(coordinator.finalize.remote(class_names, started))
     return JobResult(rid, run_url, "complete", metrics, dict(by_node), spans)
-
-
-def check_references_fit(cfg: JobConfig, meta, image_shape: list[int]) -> None:
-    """NOpt matches the prior's images to the real ones: both must have one (C, H, W)."""
-    if tuple(image_shape) != prior_image_shape(meta):
-        raise DscoError(f"the real images in {cfg.input.url!r} are {tuple(image_shape)} (C, H, "
-                        f"W) but the prior in {cfg.model.path!r} makes "
-                        f"{prior_image_shape(meta)}; resize the dataset to the prior's image "
-                        "size and channels, or point model.path at a prior of this data.")
 
 
 def _get_or_raise_input_error(ref):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.config import JobConfig
 from pipeline.errors import DscoError
-from pipeline.prior_meta import PriorMeta
+from pipeline.prior_meta import PriorMeta, prior_image_shape
 
 
 def check_prior_fits(cfg: JobConfig, meta: PriorMeta | None, input_classes: int | None) -> None:
@@ -43,6 +43,15 @@ def check_guidance(cfg: JobConfig, meta: PriorMeta) -> None:
         raise DscoError(f"nopt.guidance={cfg.nopt.guidance} needs a prior with a null class, "
                         f"but the prior in {cfg.model.path!r} has none; set nopt.guidance: 1.0 "
                         "or train the prior with label dropout.")
+
+
+def check_images_fit(cfg: JobConfig, meta: PriorMeta, image_shape: list[int]) -> None:
+    """NOpt matches the prior's images to the real ones: both must have one (C, H, W)."""
+    if tuple(image_shape) != prior_image_shape(meta):
+        raise DscoError(f"the real images in {cfg.input.url!r} are {tuple(image_shape)} (C, H, "
+                        f"W) but the prior in {cfg.model.path!r} makes "
+                        f"{prior_image_shape(meta)}; resize the dataset to the prior's image "
+                        "size and channels, or point model.path at a prior of this data.")
 
 
 def check_class_names_align(cfg: JobConfig, meta: PriorMeta | None,
