@@ -10,19 +10,18 @@ stages.
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import DscoError
+from pipeline.resnet_names import (DEPTHS, NOT_A_RESNET, resnet_depth, stage_sizes,
+                                   torchvision_name)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 224
-DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-          50: ("bottleneck", (3, 4, 6, 3))}
 
 
 class _Block(nn.Module):
@@ -103,46 +102,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else {}
 
 
-_HF_RULES = [  # transformers' ResNet names -> torchvision's
-    (r"^(resnet\.)?embedder\.embedder\.convolution\.", "conv1."),
-    (r"^(resnet\.)?embedder\.embedder\.normalization\.", "bn1."),
-    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.",
-     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.downsample.0."),
-    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.",
-     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.downsample.1."),
-    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.convolution\.",
-     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.conv{int(m[4]) + 1}."),
-    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.normalization\.",
-     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.bn{int(m[4]) + 1}."),
-]
-
-
-def to_torchvision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a transformers-layout ResNet state dict to torchvision's names (others kept);
-    classifier heads are dropped."""
-    out = {}
-    for key, value in state.items():
-        for pattern, replacement in _HF_RULES:
-            new, hits = re.subn(pattern, replacement, key)
-            if hits:
-                key = new
-                break
-        if not key.startswith(("fc.", "classifier.")) and "num_batches_tracked" not in key:
-            out[key] = value
-    return out
-
-
 def load_resnet(path: str) -> ResNet:
     """A frozen ResNet from ``path``, its depth inferred from the weights; eval mode."""
-    state = to_torchvision_names(read_state_dict(path))
-    blocks = {k.split(".")[0] + "." + k.split(".")[1] for k in state if k.startswith("layer")}
-    counts = tuple(sum(1 for b in blocks if b.startswith(f"layer{s}.")) for s in range(1, 5))
-    bottleneck = any(k.endswith("conv3.weight") for k in state)
-    depth = next((d for d, (kind, c) in DEPTHS.items()
-                  if c == counts and (kind == "bottleneck") == bottleneck), None)
+    state = {name: value for key, value in read_state_dict(path).items()
+             if (name := torchvision_name(key)) is not None}
+    depth = resnet_depth(list(state))
     if depth is None:
-        raise DscoError(f"pretrained weights {path!r} are not a ResNet-18/34/50 in the "
-                        f"torchvision or transformers layout (stage sizes {counts}).")
+        raise DscoError(f"pretrained weights {path!r} {NOT_A_RESNET} (stage sizes "
+                        f"{stage_sizes(list(state))}).")
     model = ResNet(depth)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in ("mean", "std")]

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline.errors import DscoError
+from pipeline.resnet_names import NOT_A_RESNET, resnet_depth, torchvision_name
 
 PRIOR_META = "dsco_prior.json"
 PIPELINE_INDEX = "model_index.json"
@@ -108,15 +109,32 @@ def weights_file_problem(path: str) -> str | None:
     safetensors file (read without torch; a torch file is only checked when loaded)."""
     if not os.path.isfile(path):
         return "does not exist here"
+    if not path.endswith(".safetensors"):
+        return None
     try:
-        return safetensors_problem(path) if path.endswith(".safetensors") else None
+        problem = safetensors_problem(path)
+        names = [] if problem else [torchvision_name(key) for key in safetensors_keys(path)]
     except OSError as exc:  # unreadable (permissions, a dead mount)
         return f"cannot be read ({exc})"
+    if problem is None and resnet_depth([name for name in names if name]) is None:
+        return NOT_A_RESNET
+    return problem
 
 
 def prior_image_shape(meta: PriorMeta) -> tuple[int, int, int]:
     """(C, H, W) of the images the prior makes, which NOpt's real references must share."""
     return (meta.channels, meta.image_size, meta.image_size)
+
+
+def safetensors_keys(path: str) -> list[str]:
+    """The tensor names in a safetensors file's header (its JSON, read without torch)."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            return []
+    return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else []
 
 
 def is_dit_pipeline(model_dir: str) -> bool:

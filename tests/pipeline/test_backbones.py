@@ -127,6 +127,11 @@ def test_the_run_id_follows_the_pretrained_weights_and_missing_weights_are_expla
     with pytest.raises(DscoError, match="model.safetensors' .* is .* bytes where its header "
                                         "needs .*: cut off or damaged"):
         run_id()  # found by the driver, not after every actor's retries
+    from safetensors.torch import save_file
+
+    save_file({"not_a_resnet": torch.zeros(3)}, str(weights_file))  # whole, but no ResNet
+    with pytest.raises(DscoError, match="model.safetensors' .* hold no ResNet-18/34/50"):
+        run_id()
     weights_file.unlink()
     with pytest.raises(DscoError, match="does not exist here"):
         run_id()
