@@ -21,7 +21,7 @@ from cluster.resources import connect, head_node_id, io_actor_options, optimizer
 from pipeline.config import JobConfig
 from pipeline.class_mapping import (check_class_names_align, check_guidance, check_images_fit,
                                     check_prior_fits, data_free_classes)
-from pipeline.datasets import InputFile, list_input
+from pipeline.datasets import InputFile, list_input, listed_class_names
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockHeld, LockLost, OutputLock
 from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
@@ -119,6 +119,9 @@ def _up_to_date(rid: str, run_url: str) -> JobResult:
 def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFile], rid: str,
                 run_url: str, started: float, lock: OutputLock, progress: bool) -> JobResult:
     """The run itself, while this process holds the output's lock."""
+    names = listed_class_names(cfg.input.url, cfg.input.layout, listing) if listing else None
+    if names:  # before the input is read: a mismatch is found in seconds, not after the read
+        check_class_names_align(cfg, meta, names)
     connect(address)
     io_options = io_actor_options(head_node_id())
     selector = None

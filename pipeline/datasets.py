@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.config import INPUT_LAYOUTS
 from pipeline.errors import DscoError
 from pipeline.images import decode_image
-from pipeline.storage import filesystem, parse_json, with_retries
+from pipeline.storage import filesystem, join, parse_json, read_bytes, with_retries
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -112,9 +112,8 @@ def read_dataset(url: str, layout: str, files: list[InputFile] | None = None) ->
             else:
                 samples.extend(input_samples_in_tar(data, f.path))
     else:
-        folders = sorted({f.path.split("/", 1)[0] for f in files if f.path != "classes.json"})
-        names = folders
-        class_id = {name: i for i, name in enumerate(folders)}
+        names = folder_classes(files)
+        class_id = {name: i for i, name in enumerate(names)}
         for f in files:
             if f.path == "classes.json":
                 continue
@@ -159,13 +158,29 @@ def checked_class_sizes(counts: dict[int, int], names: list[str] | None,
     return sizes
 
 
+def folder_classes(files: list[InputFile]) -> list[str]:
+    """The class names of a ``folders`` listing, sorted: class i is the i-th folder."""
+    return sorted({f.path.split("/", 1)[0] for f in files if f.path != "classes.json"})
+
+
+def listed_class_names(url: str, layout: str, files: list[InputFile]) -> list[str] | None:
+    """The class names a listing gives before any sample is read: the folders, or
+    classes.json; None where they come from the labels alone."""
+    if layout == "folders":
+        return folder_classes(files)
+    if any(f.path == "classes.json" for f in files):
+        source = join(url, "classes.json")
+        return class_names_of(read_bytes(source), source)
+    return None
+
+
 def count_per_class(url: str, layout: str) -> list[int]:
     """Samples per class label, without decoding images (folders: from the listing alone;
     webdataset: each shard is read, but only its ``.cls`` members are parsed)."""
     files = list_input(url, layout)
     if layout == "folders":
         folders = [f.path.split("/", 1)[0] for f in files if f.path != "classes.json"]
-        return [folders.count(name) for name in sorted(set(folders))]
+        return [folders.count(name) for name in folder_classes(files)]
     fs, root = filesystem(url)
     counts: Counter = Counter()
     names = None

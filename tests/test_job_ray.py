@@ -152,6 +152,25 @@ def test_images_the_prior_cannot_make_are_refused_before_the_run_starts(
     assert result.status == "complete" and result.metrics["real"] == 20
 
 
+def test_class_folders_that_skip_a_digit_are_refused_before_the_input_is_read(tiny_prior,
+                                                                              digits_dir,
+                                                                              tmp_path):
+    import numpy as np
+
+    from pipeline.images import encode_png
+
+    for folder in ("0", "2"):  # folder 1 is missing: "2" would be class 1, generated as a 1
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "data" / folder / f"{i}.png").write_bytes(
+                encode_png(np.full((8, 8, 1), 40 * i, dtype=np.uint8)))
+    cfg = job(tmp_path / "out", tiny_prior, digits_dir, f"input.url={tmp_path / 'data'}",
+              "input.layout=folders")
+    with pytest.raises(DscoError, match=r"input class 1 is '2'.*model.class_map: \[0, 2\]"):
+        run_job(cfg, progress=False)
+    assert [p.name for p in (tmp_path / "out").iterdir()] in ([], ["cache"])
+
+
 def test_a_selection_of_real_images_needs_no_model(ray_local, tiny_prior, digits_dir, tmp_path):
     with_prior = run_job(job(tmp_path / "a", tiny_prior, digits_dir, "size.doping_fraction=1.0"),
                          progress=False)
