@@ -125,6 +125,11 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
         lines.append(f"note: size.ipc {cfg.size.ipc} is above every class's real samples "
                      f"(largest {max(counted.sizes)}): the set is larger than the data, and "
                      "what the real samples cannot fill is synthetic")
+    if cfg.nopt.data_free and counted.real_known and not synthetic:
+        lines.append("note: nopt.data_free is set, but every class's budget is real samples "
+                     "(past size.crossover_ipc, or size.doping_fraction 1): no image is "
+                     "generated and the real data is read; set size.synthetic_cap for a "
+                     "synthetic core")
     lines += [f"note: pretrained weights {w} {problem} (a pretrained:<path> feature map); the "
               "run needs a readable copy at that path on the driver's node and every worker"
               for w in pretrained_weights(cfg) if (problem := weights_file_problem(w))]

@@ -153,6 +153,15 @@ def test_guidance_without_a_null_class_fails_the_plan_only_where_nopt_runs(capsy
     assert plan(capsys, *sets, "--set", "size.doping_fraction=1")[0] == 0  # a selection
 
 
+def test_a_data_free_job_the_planner_makes_all_real_is_pointed_out(capsys, tiny_prior,
+                                                                   digits_dir):
+    code, out, _ = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
+                        f"input.url={digits_dir / 'train'}", "--set", "nopt.data_free=true",
+                        "--set", "size.ipc=null", "--set", "size.fraction=0.5")
+    assert code == 0 and "(0 synthetic, 720 real)" in out
+    assert "note: nopt.data_free is set, but every class's budget is real samples" in out
+
+
 def test_a_class_count_the_run_would_refuse_fails_the_plan(capsys, tiny_prior, digits_dir):
     code, _, err = plan(capsys, "--set", f"model.path={tiny_prior}", "--set",
                         f"input.url={digits_dir / 'train'}", "--set", "input.num_classes=3")
