@@ -59,7 +59,7 @@ def list_input(url: str, layout: str) -> list[InputFile]:
                         "folder or prefix that exists; point it at the dataset's folder (not "
                         "at one of its shards; for digits: run `dsco prepare-digits`).")
     details = with_retries(f"list {url}", lambda: fs.find(root, detail=True))
-    files = []
+    files, compressed = [], []
     for path, info in sorted(details.items()):
         rel = posixpath.relpath(path, root)
         if _hidden(rel):  # .DS_Store, macOS ._ files, .git: never samples
@@ -69,8 +69,8 @@ def list_input(url: str, layout: str) -> list[InputFile]:
         if keep or rel == "classes.json":
             version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
             files.append(InputFile(rel, int(info.get("size") or 0), version))
-    compressed = [rel for rel in (posixpath.relpath(p, root) for p in details)
-                  if rel.endswith((".tar.gz", ".tgz")) and not _hidden(rel)]
+        elif rel.endswith((".tar.gz", ".tgz")):
+            compressed.append(rel)
     if layout == "webdataset" and compressed:  # skipped, they would lose their samples
         raise DscoError(f"the dataset {url!r} holds compressed shards ({compressed[0]!r}, "
                         f"{len(compressed)} in all), which DsCo does not read; decompress them "
@@ -179,8 +179,8 @@ def count_per_class(url: str, layout: str) -> list[int]:
     webdataset: each shard is read, but only its ``.cls`` members are parsed)."""
     files = list_input(url, layout)
     if layout == "folders":
-        folders = [f.path.split("/", 1)[0] for f in files if f.path != "classes.json"]
-        return [folders.count(name) for name in folder_classes(files)]
+        per_folder = Counter(f.path.split("/", 1)[0] for f in files if f.path != "classes.json")
+        return [per_folder[name] for name in folder_classes(files)]
     fs, root = filesystem(url)
     counts: Counter = Counter()
     names = None
@@ -208,8 +208,7 @@ def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes,
                         f"{len(members)} readable files ({cut_off}): its other samples would "
                         "be lost without a word. Re-create or re-copy it.")
     if len(members) != len(files):  # appended to (tar -r): which copy is meant is unknown
-        again = next(m.name for i, m in enumerate(files) if m.name in
-                     {f.name for f in files[:i]})
+        again = next(name for name, n in Counter(m.name for m in files).items() if n > 1)
         raise DscoError(f"input shard {shard!r} holds {again!r} more than once; re-create it "
                         "with one copy of each file.")
     by_key: dict[str, dict[str, bytes]] = {}
@@ -261,11 +260,10 @@ def _decode_all(samples, names, url, files) -> LabelledImages:
     shapes = Counter(im.shape for im in images)
     if len(shapes) != 1:
         usual = shapes.most_common(1)[0][0]
-        odd = next(key for key, im in zip(keys, images) if im.shape != usual)
+        odd, shape = next((key, im.shape) for key, im in zip(keys, images) if im.shape != usual)
         raise DscoError(f"dataset {url!r} mixes image shapes (H, W, C) {sorted(shapes)}: e.g. "
-                        f"{odd!r} is {next(im.shape for im in images if im.shape != usual)} "
-                        f"where most are {usual}. Convert every image to one size and one mode "
-                        "(grayscale or RGB) before concentrating.")
+                        f"{odd!r} is {shape} where most are {usual}. Convert every image to "
+                        "one size and one mode (grayscale or RGB) before concentrating.")
     labels = np.array([s[1] for s in samples], dtype=np.int64)
     sizes = checked_class_sizes(Counter(labels.tolist()), names, url)
     names = names or [str(i) for i in range(len(sizes))]

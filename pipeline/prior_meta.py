@@ -85,56 +85,52 @@ def check_model_files(model_dir: str, components: tuple[str, ...]) -> None:
 
 
 def safetensors_problem(path: str) -> str | None:
-    """Why the safetensors file at ``path`` cannot load (cut off, or not safetensors), or None.
+    """Why the safetensors file at ``path`` cannot load (cut off, or not safetensors), or None."""
+    return _safetensors_header(path)[1]
+
+
+def _safetensors_header(path: str) -> tuple[dict, str | None]:
+    """A safetensors file's JSON header and why the file cannot load (None when it can).
     Reads the header only: 8 bytes of header length, the JSON header, then the tensors' bytes,
     which must end exactly at the file's end."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
         if size < 8 or length > size - 8:
-            return f"is cut off or not safetensors ({size} bytes)"
+            return {}, f"is cut off or not safetensors ({size} bytes)"
         try:
             header = json.loads(f.read(length))
             end = max((int(t["data_offsets"][1]) for k, t in header.items()
                        if k != "__metadata__"), default=0)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            return f"has an unreadable header ({exc})"
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            return {}, f"has an unreadable header ({exc})"
     if 8 + length + end != size:
-        return f"is {size} bytes where its header needs {8 + length + end}: cut off or damaged"
-    return None
+        return header, f"is {size} bytes where its header needs {8 + length + end}: cut off " \
+            "or damaged"
+    return header, None
 
 
 def weights_file_problem(path: str) -> str | None:
-    """Why a ``pretrained:<path>`` weights file cannot load, or None: missing, or a damaged
-    safetensors file (read without torch; a torch file is only checked when loaded)."""
+    """Why a ``pretrained:<path>`` weights file cannot load, or None: missing, a damaged
+    safetensors file, or one whose tensor names are no ResNet (read without torch; a torch
+    file is only checked when loaded)."""
     if not os.path.isfile(path):
         return "does not exist here"
     if not path.endswith(".safetensors"):
         return None
     try:
-        problem = safetensors_problem(path)
-        names = [] if problem else [torchvision_name(key) for key in safetensors_keys(path)]
+        header, problem = _safetensors_header(path)
     except OSError as exc:  # unreadable (permissions, a dead mount)
         return f"cannot be read ({exc})"
-    if problem is None and resnet_depth([name for name in names if name]) is None:
-        return NOT_A_RESNET
-    return problem
+    if problem:
+        return problem
+    names = [torchvision_name(key) for key in header if key != "__metadata__"]
+    return NOT_A_RESNET if resnet_depth([name for name in names if name]) is None else None
 
 
 def prior_image_shape(meta: PriorMeta) -> tuple[int, int, int]:
     """(C, H, W) of the images the prior makes, which NOpt's real references must share."""
     return (meta.channels, meta.image_size, meta.image_size)
-
-
-def safetensors_keys(path: str) -> list[str]:
-    """The tensor names in a safetensors file's header (its JSON, read without torch)."""
-    with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError:
-            return []
-    return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else []
 
 
 def is_dit_pipeline(model_dir: str) -> bool:
