@@ -39,10 +39,20 @@ def model_fingerprint(model_dir: str, revision: str, extra_files: list[str] = ()
     return rows
 
 
+def without_trailing_slash(url: str) -> str:
+    """``url`` without trailing slashes, except where they are all it has past the scheme
+    (``/``, ``s3://``)."""
+    stripped = url.rstrip("/")
+    return stripped if stripped and not stripped.endswith(":") else url
+
+
 def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
     """Return a 16-hex-digit id; equal inputs give equal ids, whatever the output URL."""
     settings = cfg.to_dict()
     settings.pop("output")
+    # the same folder spelled with a trailing slash is the same input and the same prior
+    settings["input"]["url"] = without_trailing_slash(cfg.input.url)
+    settings["model"]["path"] = without_trailing_slash(cfg.model.path)
     for (section, key), legacy in LEGACY_VALUES.items():
         if settings[section].get(key) == legacy:
             settings[section].pop(key)

@@ -195,6 +195,18 @@ def test_nopts_thread_count_is_in_the_run_id_and_the_actor_count_is_not():
         run_id_with("execution.accelerator=gpu")
 
 
+def test_a_trailing_slash_on_the_input_or_the_prior_keeps_the_run_id():
+    def run_id_of(*overrides):
+        return run_id(load_config(None, ["output=out", *overrides]), [], [])
+
+    base = run_id_of("model.path=/m/prior", "input.url=s3://bucket/train")
+    assert run_id_of("model.path=/m/prior/", "input.url=s3://bucket/train//") == base
+    assert run_id_of("model.path=/m/prior", "input.url=s3://bucket/other") != base
+    # a bucket's root keeps its scheme's slashes
+    assert run_id_of("model.path=/m/prior", "input.url=s3://bucket/") == \
+        run_id_of("model.path=/m/prior", "input.url=s3://bucket")
+
+
 def test_exponents_read_as_numbers():
     # YAML 1.1 (PyYAML) reads 1e-3 as a string: "must be float, got '1e-3'" was the answer
     assert load_config(None, [*BASE, "nopt.learning_rate=1e-3"]).nopt.learning_rate == 0.001
