@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import DscoError
-from pipeline.resnet_names import (DEPTHS, NOT_A_RESNET, resnet_depth, stage_sizes,
-                                   torchvision_name)
+from pipeline.resnet_names import (DEPTHS, NOT_A_RESNET, misshapen_tensor, resnet_depth,
+                                   stage_sizes, torchvision_name)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,6 +110,9 @@ def load_resnet(path: str) -> ResNet:
     if depth is None:
         raise DscoError(f"pretrained weights {path!r} {NOT_A_RESNET} (stage sizes "
                         f"{stage_sizes(list(state))}).")
+    problem = misshapen_tensor(depth, {name: tuple(value.shape) for name, value in state.items()})
+    if problem:
+        raise DscoError(f"pretrained weights {path!r} {problem}.")
     model = ResNet(depth)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in ("mean", "std")]

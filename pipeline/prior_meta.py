@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 
 from pipeline.errors import DscoError
-from pipeline.resnet_names import NOT_A_RESNET, resnet_depth, torchvision_name
+from pipeline.resnet_names import NOT_A_RESNET, misshapen_tensor, resnet_depth, \
+    torchvision_name
 
 PRIOR_META = "dsco_prior.json"
 PIPELINE_INDEX = "model_index.json"
@@ -112,8 +113,8 @@ def _safetensors_header(path: str) -> tuple[dict, str | None]:
 
 def weights_file_problem(path: str) -> str | None:
     """Why a ``pretrained:<path>`` weights file cannot load, or None: missing, a damaged
-    safetensors file, or one whose tensor names are no ResNet (read without torch; a torch
-    file is only checked when loaded)."""
+    safetensors file, or one whose tensor names or shapes are no ResNet-18/34/50 (read
+    without torch; a torch file is only checked when loaded)."""
     if not os.path.isfile(path):
         return "does not exist here"
     if not path.endswith(".safetensors"):
@@ -124,8 +125,13 @@ def weights_file_problem(path: str) -> str | None:
         return f"cannot be read ({exc})"
     if problem:
         return problem
-    names = [torchvision_name(key) for key in header if key != "__metadata__"]
-    return NOT_A_RESNET if resnet_depth([name for name in names if name]) is None else None
+    try:
+        shapes = {name: tuple(entry["shape"]) for key, entry in header.items()
+                  if key != "__metadata__" and (name := torchvision_name(key)) is not None}
+    except (TypeError, KeyError) as exc:
+        return f"has an unreadable header (a tensor without a shape: {exc!r})"
+    depth = resnet_depth(list(shapes))
+    return NOT_A_RESNET if depth is None else misshapen_tensor(depth, shapes)
 
 
 def prior_image_shape(meta: PriorMeta) -> tuple[int, int, int]:

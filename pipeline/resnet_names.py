@@ -42,6 +42,49 @@ def resnet_depth(names: list[str]) -> int | None:
                  if c == counts and (kind == "bottleneck") == bottleneck), None)
 
 
+def resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
+    """Every parameter and buffer shape of torchvision's ResNet-``depth`` feature layers by
+    name, so a weights file of the same names but other widths (Wide ResNet, ResNeXt) is told
+    apart from its header alone."""
+    kind, counts = DEPTHS[depth]
+    expansion = 4 if kind == "bottleneck" else 1
+    shapes = {"conv1.weight": (64, 3, 7, 7), **_batch_norm("bn1", 64)}
+    inplanes = 64
+    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), counts), start=1):
+        out = planes * expansion
+        for block in range(count):
+            prefix = f"layer{stage}.{block}"
+            if kind == "basic":
+                convs = [(inplanes, planes, 3), (planes, out, 3)]
+            else:
+                convs = [(inplanes, planes, 1), (planes, planes, 3), (planes, out, 1)]
+            for i, (cin, cout, k) in enumerate(convs, start=1):
+                shapes[f"{prefix}.conv{i}.weight"] = (cout, cin, k, k)
+                shapes.update(_batch_norm(f"{prefix}.bn{i}", cout))
+            if block == 0 and (stage > 1 or inplanes != out):
+                shapes[f"{prefix}.downsample.0.weight"] = (out, inplanes, 1, 1)
+                shapes.update(_batch_norm(f"{prefix}.downsample.1", out))
+            inplanes = out
+    return shapes
+
+
+def _batch_norm(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{k}": (channels,)
+            for k in ("weight", "bias", "running_mean", "running_var")}
+
+
+def misshapen_tensor(depth: int, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Why torchvision-named ``shapes`` do not fit ResNet-``depth`` (the first tensor whose
+    shape differs), or None."""
+    expected = resnet_shapes(depth)
+    for name, shape in shapes.items():
+        if name in expected and tuple(shape) != expected[name]:
+            return (f"hold {name} of shape {list(shape)} where ResNet-{depth} has "
+                    f"{list(expected[name])} (a wider or grouped variant such as Wide ResNet "
+                    "or ResNeXt, which the feature map does not support)")
+    return None
+
+
 def stage_sizes(names: list[str]) -> tuple[int, ...]:
     """Blocks per stage of torchvision-named parameters (for messages)."""
     blocks = {".".join(k.split(".")[:2]) for k in names if k.startswith("layer")}

@@ -3,16 +3,19 @@ the project's module and compute what transformers' own ResNet computes; unsafe 
 are refused; NOpt runs with pretrained and latent feature maps."""
 import math
 import pickle
+import re
 
 import pytest
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification, ResNetModel
 
-from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD, load_resnet
+from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD, ResNet, load_resnet
 from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
 from pipeline.nopt import optimize_classes
 from pipeline.prior import load_prior
+from pipeline.prior_meta import weights_file_problem
+from pipeline.resnet_names import resnet_shapes
 
 RESNET18 = dict(depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], layer_type="basic")
 RESNET50 = dict(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048],
@@ -135,6 +138,28 @@ def test_the_run_id_follows_the_pretrained_weights_and_missing_weights_are_expla
     weights_file.unlink()
     with pytest.raises(DscoError, match="does not exist here"):
         run_id()
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50])
+def test_the_torch_free_shape_table_is_the_resnets_own(depth):
+    model_shapes = {name: tuple(t.shape) for name, t in ResNet(depth).state_dict().items()
+                    if name not in ("mean", "std") and "num_batches_tracked" not in name}
+    assert resnet_shapes(depth) == model_shapes
+
+
+def test_resnet_names_with_other_widths_are_refused_before_the_run_and_when_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    state = ResNet(18).state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(256, 64, 3, 3)  # a wide variant's block
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "wide.safetensors"))
+    torch.save(state, tmp_path / "wide.pth")
+    expected = r"hold layer2.0.conv1.weight of shape \[256, 64, 3, 3\] where ResNet-18 has " \
+        r"\[128, 64, 3, 3\]"
+    assert re.search(expected, weights_file_problem(str(tmp_path / "wide.safetensors")))
+    for name in ("wide.safetensors", "wide.pth"):  # the actors' check, for torch files too
+        with pytest.raises(DscoError, match=expected):
+            load_resnet(str(tmp_path / name))
 
 
 def test_new_weights_at_the_same_path_embed_anew(tmp_path):
