@@ -70,7 +70,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     for run in doomed:
         print(f"{verb} {run.run_id} ({run.state}, {run.samples} samples)")
     print(f"{verb} {len(doomed)} run(s); kept the newest {args.keep} complete, the latest, "
-          "any being written and incomplete runs newer than the newest complete one")
+          "any being written, damaged ones, and incomplete runs newer than the newest "
+          "complete one (every incomplete run while a run is being written)")
     return 0
 
 

@@ -1,7 +1,8 @@
 """A Ray Data reader for a DsCo run, complete or still being written: one read task per shard
 the plan has; each task waits until its shard is committed, verifies it against the index and
-yields its samples (``__key__`` plus one bytes column per file extension: png, cls, json, and
-jpg / jpeg / webp where real samples in those formats were doped)."""
+yields its samples: ``__key__``, ``cls``, ``json`` and one bytes column per image format
+(png, jpg, jpeg, webp), the same columns in every block, null where a sample is in another
+format (doped real samples keep their input's)."""
 from __future__ import annotations
 
 import logging
@@ -14,13 +15,16 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from cluster.resources import refuse_a_dead_cluster
+from pipeline.datasets import IMAGE_EXTENSIONS
 from pipeline.errors import DscoError
-from pipeline.follow import INDEX, refuse_an_output, run_url_of
+from pipeline.follow import INDEX, raise_deleted, refuse_an_output, run_url_of
 from pipeline.reader import samples_in_tar, verified_shard
 from pipeline.shards import shard_name
 from pipeline.storage import join, read_json
 
 logger = logging.getLogger(__name__)
+SCHEMA = pa.schema([("__key__", pa.string()), ("cls", pa.binary()), ("json", pa.binary()),
+                    *((ext, pa.binary()) for ext in IMAGE_EXTENSIONS)])
 
 
 def read_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
@@ -43,7 +47,7 @@ class RunDatasource(Datasource):
             logger.warning("waiting for the run at %s to start (no index.json yet)",
                            self.run_url)
         index = _wait_for(self.run_url, lambda i: "planned_shards" in i or i["complete"],
-                          poll_s, timeout_s, "to start")
+                          poll_s, timeout_s, "to start", started=False)
         if index["complete"]:
             self.names = [s["name"] for s in index["shards"]]
         else:
@@ -62,18 +66,25 @@ class RunDatasource(Datasource):
 
 def _read_shard(run_url: str, name: str, poll_s: float, timeout_s: float | None):
     index = _wait_for(run_url, lambda i: any(s["name"] == name for s in i["shards"])
-                      or i["complete"], poll_s, timeout_s, f"to commit {name}")
+                      or i["complete"], poll_s, timeout_s, f"to commit {name}", started=True)
     entry = next((s for s in index["shards"] if s["name"] == name), None)
     if entry is None:
         raise DscoError(f"the run at {run_url!r} completed without shard {name}.")
     rows = list(samples_in_tar(verified_shard(run_url, entry)))
-    yield pa.Table.from_pylist(rows)
+    # from_pylist alone takes its columns from the first row: a shard that starts with a
+    # synthetic png would drop the jpg of the real samples after it
+    yield pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def _wait_for(run_url: str, ready, poll_s: float, timeout_s: float | None, what: str) -> dict:
+def _wait_for(run_url: str, ready, poll_s: float, timeout_s: float | None, what: str,
+              started: bool) -> dict:
+    """The run's index once ``ready`` says so; ``started``: the run was seen before, so an
+    index that is gone means the run was deleted."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         index = read_json(join(run_url, INDEX))
+        if index is None and started:
+            raise_deleted(run_url)
         if index is not None and ready(index):
             return index
         if deadline is not None and time.monotonic() > deadline:

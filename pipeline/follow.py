@@ -7,6 +7,7 @@ and ``index.json`` is replaced whole, so a follower never sees an uncommitted sh
 from __future__ import annotations
 
 import io
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -16,6 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import DscoError
 from pipeline.reader import verified_shard
+from pipeline.runs import list_runs
 from pipeline.shards import shard_number
 from pipeline.storage import join, read_json
 
@@ -52,11 +54,15 @@ def follow_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     seen: set[str] = set()
     index = read_json(join(run_url, INDEX))
+    started = index is not None
     if index is None:
         refuse_an_output(run_url)
         if on_wait is not None:
             on_wait(run_url)
     while True:
+        if index is None and started:
+            raise_deleted(run_url)
+        started = started or index is not None
         for entry in (index or {}).get("shards", []):
             if entry["name"] in seen or (select is not None and not select(entry["name"])):
                 continue
@@ -74,14 +80,28 @@ def follow_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,
         index = read_json(join(run_url, INDEX))
 
 
+def raise_deleted(run_url: str) -> None:
+    """A run whose index.json was read once and is gone now was deleted (``dsco gc``, or its
+    folder removed for a rerun): waiting would never end."""
+    raise DscoError(f"the run at {run_url!r} was deleted while it was read (its index.json "
+                    "is gone); start reading again once the run is rerun, or read another run "
+                    "(`dsco runs` lists them).")
+
+
 def refuse_an_output(url: str) -> None:
     """Fail when ``url`` is an output (the folder that holds runs), not one run: following
-    it would wait for an index.json that never comes."""
+    it would wait for an index.json that never comes. An output is known by its latest.json
+    or, before its first run completes, by the run folders in it."""
     latest = read_json(join(url, "latest.json"))
     if latest is not None:
-        raise DscoError(f"{url!r} is an output, not a run: its latest run is "
-                        f"{join(url, latest['run_id'])}; follow that (or another run listed by "
-                        f"`dsco runs {url}`).")
+        which = f"its latest run is {join(url, latest['run_id'])}"
+    else:
+        runs = list_runs(url)
+        if not runs:
+            return
+        which = f"it holds the {runs[0].state} run {join(url, runs[0].run_id)}"
+    raise DscoError(f"{url!r} is an output, not a run: {which}; follow that (or another run "
+                    f"listed by `dsco runs {url}`).")
 
 
 class FollowedShards(IterableDataset):
@@ -92,14 +112,18 @@ class FollowedShards(IterableDataset):
 
     The shards are split between readers, by shard number: each DataLoader worker of each
     training process (``rank`` of ``world_size``; by default torch.distributed's when it is
-    initialised, else 0 of 1) reads and yields only its own, so together they see every
-    sample once."""
+    initialised, else the ``RANK`` and ``WORLD_SIZE`` that torchrun sets, else 0 of 1) reads
+    and yields only its own, so together they see every sample once. The default is read
+    where the dataset is made and again where it is iterated: a DataLoader worker started by
+    spawn or forkserver has no process group of its own."""
 
     def __init__(self, url: str, poll_s: float = 2.0, timeout_s: float | None = None,
                  rank: int | None = None, world_size: int | None = None):
         super().__init__()
         self.url, self.poll_s, self.timeout_s = url, poll_s, timeout_s
-        self.rank, self.world_size = rank, world_size
+        self.given = rank is not None and world_size is not None
+        self.rank, self.world_size = (rank, world_size) if self.given else \
+            _process_rank(_environment_rank())
 
     def __iter__(self):
         reader, readers = self._reader()
@@ -109,14 +133,26 @@ class FollowedShards(IterableDataset):
 
     def _reader(self) -> tuple[int, int]:
         """(this reader's number, how many readers) over processes and DataLoader workers."""
-        rank, world_size = self.rank, self.world_size
-        if rank is None or world_size is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            rank = torch.distributed.get_rank() if distributed else 0
-            world_size = torch.distributed.get_world_size() if distributed else 1
+        rank, world_size = (self.rank, self.world_size) if self.given else \
+            _process_rank((self.rank, self.world_size))
         worker = get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
         return rank * workers + worker_id, world_size * workers
+
+
+def _process_rank(otherwise: tuple[int, int]) -> tuple[int, int]:
+    """(rank, world size) of this process's torch.distributed group, or ``otherwise``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return otherwise
+
+
+def _environment_rank() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as torchrun and most launchers set them, else (0, 1)."""
+    try:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return 0, 1
 
 
 def webdataset_of_run(url: str, poll_s: float = 2.0, timeout_s: float | None = None,

@@ -24,8 +24,10 @@ class RunIndex:
         self.data: dict[str, Any] = found or {
             "format": FORMAT, "run_id": run_id, "generation": 0, "complete": False,
             "shards": [], "units": {}}
-        if found and not found["complete"]:  # resuming: never rewrite a copy
-            self.data["generation"] = max(found["generation"], self._last_copy())
+        # resuming (also a writer that died after its first copy, before any index.json):
+        # never rewrite a copy
+        if not self.complete:
+            self.data["generation"] = max(self.data["generation"], self._last_copy())
 
     @property
     def complete(self) -> bool:

@@ -8,14 +8,15 @@ from pipeline.lock import LockHeld, OutputLock, lock_holder
 from pipeline.storage import delete, exists, filesystem, join, read_json, with_retries
 
 NOT_RUNS = ("cache",)
+DAMAGED = "damaged"
 GC_LEASE_S = 60.0
 
 
 @dataclass(frozen=True)
 class RunInfo:
     """One run folder (a folder holding ``run_config.json``): ``state`` is complete, writing (a
-    live run holds the output's lock for it) or incomplete (abandoned, or waiting to be
-    resumed)."""
+    live run holds the output's lock for it), incomplete (abandoned, or waiting to be
+    resumed) or damaged (its index.json does not read as JSON: left for a person to look at)."""
 
     run_id: str
     state: str
@@ -41,7 +42,11 @@ def list_runs(output_url: str) -> list[RunInfo]:
             continue
         if not exists(join(output_url, run_id, "run_config.json")):
             continue  # not a run (a prior, data or another output beside them): never touched
-        index = read_json(join(output_url, run_id, "index.json")) or {}
+        try:
+            index = read_json(join(output_url, run_id, "index.json")) or {}
+        except DscoError:  # not JSON: one damaged run must not hide the others
+            runs.append(RunInfo(run_id, DAMAGED, 0, 0, "", run_id == latest))
+            continue
         state = "complete" if index.get("complete") else \
             "writing" if holder is not None and holder.run_id == run_id else "incomplete"
         shards = index.get("shards", [])
@@ -51,32 +56,38 @@ def list_runs(output_url: str) -> list[RunInfo]:
     return sorted(runs, key=lambda r: (r.updated, r.run_id), reverse=True)
 
 
-def plan_gc(runs: list[RunInfo], keep: int) -> list[RunInfo]:
+def plan_gc(runs: list[RunInfo], keep: int, locked: bool = True) -> list[RunInfo]:
     """What gc deletes: complete runs beyond the newest ``keep``, and abandoned incomplete runs
     (last written before the newest complete run finished; a newer one may still be resumed),
-    but never the latest run nor one being written."""
+    but never the latest run, one being written or a damaged one. Without the output's lock
+    (``locked`` False: a live run holds it) complete runs only: once the live run ends, the
+    next job may resume an incomplete one while gc deletes it."""
     complete = [r for r in runs if r.state == "complete"]
     kept = {r.run_id for r in complete[:keep]}
     newest_complete = max((r.updated for r in complete), default="")
-    return [r for r in runs if not r.latest and r.state != "writing"
-            and (r.updated < newest_complete if r.state == "incomplete" else
-                 r.run_id not in kept)]
+    return [r for r in runs if not r.latest and
+            (r.run_id not in kept if r.state == "complete" else
+             locked and r.state == "incomplete" and r.updated < newest_complete)]
 
 
 def gc(output_url: str, keep: int, dry_run: bool = False) -> list[RunInfo]:
     """Delete what :func:`plan_gc` picks; return it. Holds the output's lock while deleting
-    (so no run starts meanwhile) unless a live run holds it, whose run is then left alone."""
+    (so no run starts meanwhile) unless a live run holds it: then its run and every incomplete
+    one are left alone. A dry run only reads (it takes no lock)."""
     if keep < 0:
         raise DscoError(f"gc --keep must be 0 or more (the complete runs to keep), got {keep}.")
     if not list_runs(output_url):
         return []  # no lock file left in a folder that holds no runs
-    lock = OutputLock(output_url, "gc", GC_LEASE_S)
+    lock = None if dry_run else OutputLock(output_url, "gc", GC_LEASE_S)
+    if lock is not None:
+        try:
+            lock.acquire()
+        except LockHeld:
+            lock = None  # a live run holds it
+    # a dry run plans what a real one would: one without the lock while a live run holds it
+    locked = lock is not None if not dry_run else lock_holder(output_url) is None
     try:
-        lock.acquire()
-    except LockHeld:
-        lock = None  # a live run: list_runs marks its run "writing" and gc skips it
-    try:
-        doomed = plan_gc(list_runs(output_url), keep)
+        doomed = plan_gc(list_runs(output_url), keep, locked)
         if not dry_run:
             for run in doomed:
                 delete(join(output_url, run.run_id))

@@ -65,7 +65,7 @@ class RunWriter:
         pq.write_table(table, buf)
         write_bytes(join(self.run_url, "samples.parquet"), buf.getvalue())
         metrics = self._metrics(rows, class_names, time.time() - started)
-        write_report(self.run_url, metrics, self._grid_rows(len(class_names)))
+        write_report(self.run_url, metrics, self._grid_rows(rows, len(class_names)))
         totals = {"samples": len(rows), "num_shards": len(self.index.data["shards"])}
         self.index.mark_complete(totals)
         point_latest_at(self.output_url, self.run_id, self.index.data)
@@ -86,16 +86,23 @@ class RunWriter:
                 "shards": len(self.index.data["shards"]), "seconds": round(seconds, 2),
                 "classes": classes}
 
-    def _grid_rows(self, num_classes: int) -> list[list[bytes]]:
-        """Up to GRID_COLUMNS images per class, read back from the committed shards."""
+    def _grid_rows(self, samples: list[dict], num_classes: int) -> list[list[bytes]]:
+        """The first GRID_COLUMNS images of each class (``samples``: the sidecars' rows, in
+        index order), read back from only the shards that hold them: classes come in order,
+        so a scan would read nearly the whole run."""
+        shown: dict[str, set[str]] = {}  # shard name -> keys drawn from it
+        per_class: Counter = Counter()
+        for row in samples:
+            if per_class[row["label"]] < GRID_COLUMNS:
+                per_class[row["label"]] += 1
+                shown.setdefault(row["shard"], set()).add(row["key"])
         rows: list[list[bytes]] = [[] for _ in range(num_classes)]
         for entry in self.index.data["shards"]:
-            if all(len(r) >= GRID_COLUMNS for r in rows):
-                break
+            if entry["name"] not in shown:
+                continue
             for sample in samples_in_tar(verified_shard(self.run_url, entry)):
-                label = int(sample["cls"])
-                if len(rows[label]) < GRID_COLUMNS:
-                    rows[label].append(image_of(sample))
+                if sample["__key__"] in shown[entry["name"]]:
+                    rows[int(sample["cls"])].append(image_of(sample))
         return rows
 
 

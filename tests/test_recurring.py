@@ -93,10 +93,18 @@ def test_new_input_makes_a_new_run_latest_moves_and_gc_keeps_what_it_must(
     assert main(["follow", str(out / second.run_id / "index.json")]) == 0
     followed = capsys.readouterr().out.splitlines()
     assert len(followed) == len(read_index(str(out / second.run_id))["shards"]) == 4
+    assert main(["gc", str(out), "--keep", "1", "--dry-run"]) == 0
+    assert "would delete 1 run(s)" in capsys.readouterr().out  # what gc does under that lock
     assert main(["gc", str(out), "--keep", "1"]) == 0
     left = {p.name for p in out.iterdir()}
-    assert second.run_id in left and writing.name in left
-    assert first.run_id not in left and abandoned.name not in left
+    assert second.run_id in left and writing.name in left and first.run_id not in left
+    # without the lock gc deletes complete runs only: once the live run ends, the next job
+    # could resume the abandoned one while it is being deleted
+    assert abandoned.name in left
+    (out / "lock.json").unlink()  # the live run has ended (it died: `writing` is abandoned)
+    assert main(["gc", str(out), "--keep", "1"]) == 0
+    left = {p.name for p in out.iterdir()}
+    assert second.run_id in left and abandoned.name not in left
 
 
 def test_readers_started_before_the_run_see_every_sample_once_and_end_by_themselves(

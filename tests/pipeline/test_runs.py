@@ -58,3 +58,24 @@ def test_gc_refuses_a_negative_keep(output):
     with pytest.raises(DscoError, match="--keep must be 0 or more.*got -1"):
         gc(str(output), keep=-1)
     assert len(list_runs(str(output))) == 5
+
+
+def test_a_damaged_index_is_listed_and_left_while_the_other_runs_are_collected(output, capsys):
+    (output / "a_old" / "index.json").write_text('{"complete": true, "upd')  # cut off
+    states = {r.run_id: r.state for r in list_runs(str(output))}
+    assert states["a_old"] == "damaged" and states["b_latest"] == "complete"
+    assert main(["runs", str(output)]) == 0
+    assert "a_old  damaged" in capsys.readouterr().out
+    assert {r.run_id for r in gc(str(output), keep=0)} == {"c_abandoned", "e_nothing_committed"}
+    assert (output / "a_old").is_dir()
+
+
+def test_a_dry_run_takes_no_lock(output, monkeypatch):
+    class NoLock:
+        def __init__(self, *args):
+            raise AssertionError("a dry run must only read")
+
+    monkeypatch.setattr("pipeline.runs.OutputLock", NoLock)
+    assert {r.run_id for r in gc(str(output), keep=0, dry_run=True)} == \
+        {"a_old", "c_abandoned", "e_nothing_committed"}
+    assert len(list_runs(str(output))) == 5

@@ -84,6 +84,18 @@ def test_a_resumed_run_never_rewrites_a_generations_copy_and_clears_cut_off_file
     assert sorted(json.loads((copies / "000003.json").read_text())["units"]) == ["0", "2"]
 
 
+def test_a_writer_killed_before_its_first_index_json_leaves_its_copy_alone(tmp_path):
+    writer, plan = new_run(str(tmp_path))
+    writer.start(plan.num_shards)
+    run = tmp_path / "run1"
+    (run / "index.json").unlink()  # killed between generation 1's copy and index.json
+    first_copy = (run / "indexes" / "000001.json").read_text()
+    resumed, _ = new_run(str(tmp_path))
+    resumed.start(plan.num_shards)
+    assert (run / "indexes" / "000001.json").read_text() == first_copy
+    assert read_index(str(run))["generation"] == 2
+
+
 def test_finished_run_has_the_design_layout(finished_run, tmp_path):
     run_url, plan = finished_run
     index = read_index(run_url)
@@ -100,6 +112,34 @@ def test_finished_run_has_the_design_layout(finished_run, tmp_path):
         assert (tmp_path / "run1" / name).is_file(), name
     assert json.loads((tmp_path / "latest.json").read_text())["run_id"] == "run1"
     assert "secret" not in (tmp_path / "run1" / "run_config.json").read_text().lower()
+
+
+def test_the_grid_reads_only_the_shards_that_hold_each_classes_first_images(tmp_path,
+                                                                           monkeypatch):
+    import pipeline.writer
+    from pipeline.reader import image_of
+    from pipeline.report import GRID_COLUMNS
+
+    cfg = load_config(None, ["output=o", "model.path=m", "input.url=d",
+                             f"size.ipc={2 * GRID_COLUMNS}", "size.doping_fraction=0.5",
+                             "execution.classes_per_unit=2", "write.shard_size=5"])
+    plan = make_plan(cfg, [40] * 5)
+    writer = RunWriter(str(tmp_path), "run1", cfg.to_dict())
+    for unit in plan.units:
+        writer.write_unit(unit, unit_output(unit))
+    read, grids = [], []
+    verified = pipeline.writer.verified_shard
+    monkeypatch.setattr(pipeline.writer, "verified_shard",
+                        lambda url, entry: read.append(entry["name"]) or verified(url, entry))
+    monkeypatch.setattr(pipeline.writer, "write_report",
+                        lambda url, metrics, rows: grids.append(rows))
+    writer.finalize([str(i) for i in range(5)], started=0.0)
+    expected = [[] for _ in range(5)]
+    for sample in iter_samples(join(str(tmp_path), "run1")):
+        if len(expected[int(sample["cls"])]) < GRID_COLUMNS:
+            expected[int(sample["cls"])].append(image_of(sample))
+    assert grids == [expected]  # the first images of every class, as a full scan finds them
+    assert len(read) == 10 < plan.num_shards == 20  # two shards a class, not the whole run
 
 
 def test_samples_carry_png_cls_and_json(finished_run):
