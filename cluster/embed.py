@@ -3,10 +3,12 @@ pool (one GPU each where the cluster has GPUs) embeds them with the doping encod
 the rows (key, label, shard, embedding) land in Parquet partitioned by label, so the
 DopingSelector can load one class at a time (``pipeline.class_store.ShardedStore``).
 
-psi's per-block scales are fitted first on a seeded sample of the data (the first shards, up
-to ``FIT_SAMPLES`` images), so every actor embeds with the same fixed encoder.
+psi's per-block scales are fitted first on the first ``FIT_SAMPLES`` images of the listing's
+shards, so every actor embeds with the same fixed encoder.
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +24,14 @@ from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image
 from pipeline.tensors import to_model_space
-from pipeline.storage import filesystem, join, read_json, write_json
+from pipeline.storage import delete, filesystem, join, read_json, write_json
 
 FIT_SAMPLES = 2048
 BATCH = 256
+# input shards read per shard above which the classes are called spread (class-ordered shards
+# read about 1-2x: a shard holds the end of one class and the start of the next)
+SPREAD_WARNING = 4
+logger = logging.getLogger(__name__)
 
 
 def embeddings_url_for(listing: list[InputFile], doping: DopingConfig, seed: int,
@@ -60,8 +66,13 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
                                            "shards": shards},
         batch_size=BATCH, batch_format="pyarrow", concurrency=(1, max(1, actors)),
         num_gpus=1 if use_gpus else 0, num_cpus=0 if use_gpus else 1)
+    # a stage that died before writing meta.json left its files here: Ray Data appends to
+    # them, so the class sizes would double and doping could pick a sample twice
+    delete(out_url)
     embedded.write_parquet(out_url, partition_cols=["label"])
-    sizes = checked_class_sizes(_rows_per_label(out_url), names, input_url)
+    rows, spans = _partition_stats(out_url)
+    sizes = checked_class_sizes(rows, names, input_url)
+    _warn_if_classes_are_spread(spans, len(shards))
     meta = {"class_names": names or [str(i) for i in range(len(sizes))],
             "class_sizes": sizes,
             "encoder": doping.encoder, "channels": channels, "seed": seed,
@@ -70,17 +81,32 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
     return meta
 
 
-def _rows_per_label(out_url: str) -> dict[int, int]:
-    """Rows in each ``label=<c>`` partition, from the Parquet footers."""
+def _partition_stats(out_url: str) -> tuple[dict[int, int], dict[int, set[str]]]:
+    """Rows, and the input shards they came from, of each ``label=<c>`` partition."""
     fs, root = filesystem(out_url)
     sizes: dict[int, int] = {}
+    spans: dict[int, set[str]] = {}
     for path in fs.find(root):
         part = next((p for p in path.split("/") if p.startswith("label=")), None)
         if part and path.endswith(".parquet"):
             label = int(part[len("label="):])
             with fs.open(path, "rb") as f:
-                sizes[label] = sizes.get(label, 0) + pq.ParquetFile(f).metadata.num_rows
-    return sizes
+                shard_column = pq.read_table(f, columns=["shard"]).column("shard")
+            sizes[label] = sizes.get(label, 0) + len(shard_column)
+            spans.setdefault(label, set()).update(shard_column.to_pylist())
+    return sizes, spans
+
+
+def _warn_if_classes_are_spread(spans: dict[int, set[str]], num_shards: int) -> None:
+    """The DopingSelector reads, for each class, every input shard that holds one of its
+    samples: shards in class order are read about once, shuffled ones once per class."""
+    reads = sum(len(s) for s in spans.values())
+    if reads > SPREAD_WARNING * max(num_shards, 1):
+        logger.warning(
+            "the input shards are not in class order: fetching each class's samples reads "
+            "%d shards where the input has %d (about %.0fx its bytes); write the shards in "
+            "class order (docs/imagenet.md, 'The real data at scale'), or use doping.embed: "
+            "memory for data that fits in one process.", reads, num_shards, reads / num_shards)
 
 
 def _fitted_encoder(fs, root: str, shards: list[str], name: str,

@@ -2,8 +2,11 @@
 embeddings, the same sample bytes fetched by key, and the same run output as the in-memory
 path."""
 import hashlib
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from cluster.driver import run_job
@@ -21,6 +24,10 @@ pytestmark = pytest.mark.ray
 def stores(ray_local, digits_dir, tmp_path_factory):
     data = str(digits_dir / "train")
     out = str(tmp_path_factory.mktemp("embed") / "embeddings")
+    stale = Path(out) / "label=0" / "from-an-attempt-that-died-before-meta.parquet"
+    stale.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["digits_0000"], "shard": ["000000.tar"],
+                             "embedding": pa.array([[0.0]], pa.list_(pa.float32()))}), stale)
     meta = embed_with_ray_data(data, "webdataset", list_input(data, "webdataset"),
                                DopingConfig(encoder="random_conv"), 0, out, use_gpus=False,
                                actors=2)
@@ -30,6 +37,7 @@ def stores(ray_local, digits_dir, tmp_path_factory):
 
 
 def test_the_embed_stage_writes_every_sample_once_partitioned_by_class(stores, digits_dir):
+    # (over the files of an attempt that died before its meta.json: those are gone)
     meta, sharded, memory = stores
     assert meta["class_sizes"] == count_per_class(str(digits_dir / "train"), "webdataset")
     assert sharded.class_names == memory.class_names
@@ -59,3 +67,16 @@ def test_a_run_doped_from_the_embed_stage_equals_the_in_memory_run(ray_local, ti
 
     memory, sharded = run("memory"), run("ray_data")
     assert len(memory) == 40 and sharded == memory
+
+
+def test_shards_out_of_class_order_are_pointed_out(caplog):
+    from cluster.embed import _warn_if_classes_are_spread
+
+    shards = [f"{n:06d}.tar" for n in range(20)]
+    in_order = {c: set(shards[2 * c:2 * c + 3]) for c in range(10)}  # a shard shared at ends
+    _warn_if_classes_are_spread(in_order, len(shards))
+    assert not caplog.records
+    shuffled = {c: set(shards) for c in range(10)}  # every class in every shard
+    _warn_if_classes_are_spread(shuffled, len(shards))
+    assert "not in class order: fetching each class's samples reads 200 shards where the " \
+        "input has 20 (about 10x" in caplog.text
