@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pipeline.doping import (boundary_weights, facility_location, herding, kcenter, mmd_herding,
-                             other_class_distances, random_pick, select)
+                             nearest_squared_distance, other_class_distances, random_pick,
+                             select)
 from pipeline.errors import DscoError
 
 
@@ -44,6 +45,16 @@ def test_kcenter_spreads_out_from_the_synthetic_set():
     picks = kcenter(real, real[ids == 0][:2], 3)
     assert sorted(ids[picks]) == [1, 2, 3]
     assert len(kcenter(real, np.zeros((0, 2)), 4)) == 4
+
+
+def test_kcenter_picks_the_same_when_its_distances_are_computed_in_blocks(monkeypatch):
+    rng = np.random.default_rng(0)
+    real, synthetic = rng.normal(size=(300, 16)), rng.normal(size=(40, 16))
+    whole = kcenter(real, synthetic, 25)  # all 300 x 40 x 16 differences in one block
+    monkeypatch.setattr("pipeline.doping.PAIRWISE_BLOCK_FLOATS", 300 * 16 * 3)  # 3 at a time
+    assert kcenter(real, synthetic, 25) == whole
+    brute = ((real[:, None] - synthetic[None]) ** 2).sum(-1).min(1)
+    assert np.array_equal(nearest_squared_distance(real, synthetic), brute)
 
 
 def _mmd2(a: np.ndarray, b: np.ndarray, median: float) -> float:
