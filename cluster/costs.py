@@ -59,3 +59,30 @@ def _cpu_cost(kind: str) -> StepCost | None:
     seconds = best["seconds_per_class_iteration"] / (result["ipc"] * steps)
     return StepCost(seconds, f"{result['threads']} CPU threads ({result['machine']})",
                     f"benchmarks/results/{path.name}")
+
+
+@dataclass(frozen=True)
+class BatchLimit:
+    """What the GPU benchmark found about how many images NOpt optimises together: the
+    largest batch that fit (its peak memory) and the smallest that ran out of memory."""
+
+    fits: int | None
+    fits_gib: float | None
+    fails: int | None
+    device: str
+
+
+def measured_batch_limit(kind: str) -> BatchLimit | None:
+    """The batch sizes measured for prior ``kind`` on a GPU (benchmarks/results/gpu_nopt.json),
+    or None without a measurement."""
+    path = RESULTS / "gpu_nopt.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    rows = [r for r in result["rows"] if r["kind"] == kind]
+    if not rows:
+        return None
+    fit = max((r for r in rows if not r.get("oom")), key=lambda r: r["batch"], default=None)
+    fails = min((r["batch"] for r in rows if r.get("oom")), default=None)
+    return BatchLimit(fit and fit["batch"], fit and fit.get("peak_memory_gib"), fails,
+                      result["device"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.costs import measured_step_cost
+from cluster.costs import measured_batch_limit, measured_step_cost
 from cluster.resources import optimizer_shape
 from pipeline.class_mapping import check_guidance, check_prior_fits
 from pipeline.config import JobConfig
@@ -117,6 +117,8 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
         "a Coordinator (no DopingSelector: nothing real to read)"
     lines.append(f"actors: {optimizers} {io_actors} (0 CPUs, 0 GPUs, on the head)")
     lines.append(_estimate(cfg, plan, synthetic, counted.kind, device, shape.count))
+    if device == "gpu" and synthetic and counted.kind is not None:
+        lines += _memory_notes(plan, counted.kind, cfg.execution.classes_per_unit)
     if cfg.uses_real_data():
         lines.append(_doping(cfg, plan.num_samples - synthetic, counted.real_known))
     lines += [f"note: {n}" for n in counted.notes]
@@ -134,6 +136,26 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
               "run needs a readable copy at that path on the driver's node and every worker"
               for w in pretrained_weights(cfg) if (problem := weights_file_problem(w))]
     return "\n".join(lines)
+
+
+def _memory_notes(plan: Plan, kind: str, classes_per_unit: int) -> list[str]:
+    """A unit optimises all its synthetic images in one batch: say when the largest is at or
+    past a batch the GPU benchmark saw run out of memory, or past the largest it saw fit."""
+    limit = measured_batch_limit(kind)
+    largest = max(sum(b.synthetic for b in u.budgets) for u in plan.units)
+    if limit is None or limit.fits is None or largest <= limit.fits:
+        return []
+    measured = (f"on an {limit.device} a {kind} batch of {limit.fits} fit "
+                f"({limit.fits_gib} GiB peak)")
+    fix = (f"lower execution.classes_per_unit so a unit holds at most {limit.fits}"
+           if classes_per_unit > 1 else "a unit holds one class, so its synthetic budget is "
+           "the batch: use GPUs with more memory, or cap it with size.synthetic_cap")
+    if limit.fails is not None and largest >= limit.fails:
+        return [f"note: a unit optimises up to {largest} synthetic images together, and "
+                f"{measured} while {limit.fails} ran out of memory: {fix} (a unit that runs "
+                "out of memory fails the job after its retries)"]
+    return [f"note: a unit optimises up to {largest} synthetic images together, more than the "
+            f"largest batch measured to fit ({measured}); if the GPUs have less memory, {fix}"]
 
 
 def _span(one: str, many: str, first: int, last: int) -> str:

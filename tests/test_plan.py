@@ -77,6 +77,25 @@ def test_the_imagenet_configs_plan_without_their_data_or_model(capsys, name, syn
     assert "note: pretrained weights /models/resnet18.safetensors does not exist here" in out
 
 
+def test_units_larger_than_a_measured_gpu_batch_are_pointed_out(capsys):
+    def notes(name, *sets):
+        args = [a for s in sets for a in ("--set", s)]
+        assert main(["plan", str(REPO / "configs" / f"{name}.yaml"), "--gpus", "8", *args]) == 0
+        return [line for line in capsys.readouterr().out.splitlines()
+                if "synthetic images together" in line]
+
+    measured = json.loads((RESULTS / "gpu_nopt.json").read_text())["rows"]
+    fits = max(r["batch"] for r in measured if r["kind"] == "dit" and not r.get("oom"))
+    fails = min(r["batch"] for r in measured if r["kind"] == "dit" and r.get("oom"))
+    assert notes("imagenet1k-ipc10") == []  # 40 a unit
+    over = notes("imagenet1k-ipc50", "execution.classes_per_unit=5")
+    assert len(over) == 1 and "up to 250 synthetic images together" in over[0]
+    assert f"a dit batch of {fits} fit" in over[0] and f"while {fails} ran out of memory" in over[0]
+    assert f"lower execution.classes_per_unit so a unit holds at most {fits}" in over[0]
+    one_class = notes("imagenet1k-ipc50", "size.ipc=100")  # one class a unit, past the OOM batch
+    assert len(one_class) == 1 and "its synthetic budget is the batch" in one_class[0]
+
+
 def imagenet_estimate(capsys, *sets: str) -> float:
     """The hours `dsco plan` estimates for the ImageNet IPC 10 config with ``sets`` applied."""
     args = [a for s in sets for a in ("--set", s)]
