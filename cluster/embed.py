@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from pipeline.class_store import META, embedding_tag
+from pipeline.class_store import META
+from pipeline.fingerprint import embedding_tag
 from pipeline.config import DopingConfig
 from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, checked_class_sizes, class_names_of,
                                input_samples_in_tar)

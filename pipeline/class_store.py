@@ -8,7 +8,6 @@ and fetches the bytes of the samples it needs by key from the input shards.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections import OrderedDict
@@ -18,26 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import PRETRAINED
 from pipeline.datasets import InputFile, input_samples_in_tar, read_dataset
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
-from pipeline.fingerprint import file_version
+from pipeline.fingerprint import embedding_tag
 from pipeline.images import decode_image
 from pipeline.tensors import to_model_space
 from pipeline.trained_encoder import features_from_bytes, train_features
 from pipeline.storage import filesystem, join, read_bytes, read_json, with_retries, write_bytes
 
 META = "meta.json"
-
-
-def embedding_tag(listing: list[InputFile], encoder: str, seed: int) -> str:
-    """Names the cached embeddings of one input listing under one encoder and seed (and, for
-    ``pretrained:<path>``, that file's content: new weights at the same path embed anew)."""
-    text = json.dumps([f.__dict__ for f in listing], sort_keys=True)
-    if encoder.startswith(PRETRAINED):
-        text += json.dumps(file_version(encoder[len(PRETRAINED):]))
-    return hashlib.sha256(f"{text}|{encoder}|{seed}".encode()).hexdigest()[:16]
 
 
 class InMemoryStore:

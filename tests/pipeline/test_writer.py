@@ -114,8 +114,8 @@ def test_finished_run_has_the_design_layout(finished_run, tmp_path):
     assert "secret" not in (tmp_path / "run1" / "run_config.json").read_text().lower()
 
 
-def test_the_grid_reads_only_the_shards_that_hold_each_classes_first_images(tmp_path,
-                                                                           monkeypatch):
+def test_the_grid_reads_only_the_shards_holding_each_classes_first_images(
+        tmp_path, monkeypatch):
     import pipeline.writer
     from pipeline.reader import image_of
     from pipeline.report import GRID_COLUMNS
