@@ -65,13 +65,16 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_gc(args: argparse.Namespace) -> int:
     from pipeline.runs import gc
 
-    doomed = gc(args.output, args.keep, args.dry_run)
+    collected = gc(args.output, args.keep, args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
-    for run in doomed:
+    for run in collected.runs:
         print(f"{verb} {run.run_id} ({run.state}, {run.samples} samples)")
-    print(f"{verb} {len(doomed)} run(s); kept the newest {args.keep} complete, the latest, "
-          "any being written, damaged ones, and incomplete runs newer than the newest "
-          "complete one (every incomplete run while a run is being written)")
+    for name in collected.cache:
+        print(f"{verb} cache/{name} (no run left reads it)")
+    print(f"{verb} {len(collected.runs)} run(s) and {len(collected.cache)} cache entries; kept "
+          f"the newest {args.keep} complete, the latest, any being written, damaged ones, and "
+          "incomplete runs newer than the newest complete one (every incomplete run, and the "
+          "whole cache, while a run is being written)")
     return 0
 
 

@@ -24,9 +24,10 @@ from pipeline.class_mapping import (check_class_names_align, check_guidance, che
 from pipeline.datasets import InputFile, list_input, listed_class_names
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockHeld, LockLost, OutputLock
-from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
+from pipeline.fingerprint import embedding_tag, model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
+from pipeline.runs import EMBEDDINGS_TAG
 from pipeline.samples import real_only_output
 from pipeline.storage import join, read_json
 from pipeline.writer import latest_lags, point_latest_at
@@ -146,7 +147,10 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
         if image_shape and not cfg.nopt.data_free:
             check_images_fit(cfg, meta, image_shape)
     # started once the input and the prior are checked: bad input leaves no run folder behind
-    coordinator = Coordinator.options(**io_options).remote(cfg.output, rid, cfg.to_dict())
+    # recorded beside the config: the cache entries this run reads are kept by `dsco gc`
+    tag = embedding_tag(listing, cfg.doping.encoder, cfg.seed) if cfg.uses_real_data() else None
+    coordinator = Coordinator.options(**io_options).remote(
+        cfg.output, rid, {**cfg.to_dict(), EMBEDDINGS_TAG: tag})
     ray.get(coordinator.start.remote(plan.num_shards))
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]

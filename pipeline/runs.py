@@ -1,14 +1,21 @@
-"""The runs under one output: list them with their state, and delete old ones (gc)."""
+"""The runs under one output: list them with their state, and delete old ones (gc) with the
+cached embeddings no run left reads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from pipeline.errors import DscoError
 from pipeline.lock import LockHeld, OutputLock, lock_holder
 from pipeline.storage import delete, exists, filesystem, join, read_json, with_retries
 
-NOT_RUNS = ("cache",)
+CACHE = "cache"
+NOT_RUNS = (CACHE,)
 DAMAGED = "damaged"
+# in run_config.json: the tag of the cache entries a run reads (None: it reads no real data)
+EMBEDDINGS_TAG = "embeddings_tag"
+# cache entries: embeddings-<tag>.parquet, encoder-<tag>.safetensors, embeddings-<tag>/
+CACHE_ENTRY = re.compile(r"^(?:embeddings|encoder)-([0-9a-f]{16})(?:\.parquet|\.safetensors)?$")
 GC_LEASE_S = 60.0
 
 
@@ -70,14 +77,45 @@ def plan_gc(runs: list[RunInfo], keep: int, locked: bool = True) -> list[RunInfo
              locked and r.state == "incomplete" and r.updated < newest_complete)]
 
 
-def gc(output_url: str, keep: int, dry_run: bool = False) -> list[RunInfo]:
-    """Delete what :func:`plan_gc` picks; return it. Holds the output's lock while deleting
-    (so no run starts meanwhile) unless a live run holds it: then its run and every incomplete
-    one are left alone. A dry run only reads (it takes no lock)."""
+@dataclass(frozen=True)
+class Collected:
+    """What gc deleted (or, in a dry run, would delete): runs, and entries under cache/."""
+
+    runs: list[RunInfo] = field(default_factory=list)
+    cache: list[str] = field(default_factory=list)
+
+
+def stale_cache(output_url: str, runs_left: list[RunInfo]) -> list[str]:
+    """The entries of ``<output>/cache`` that no run in ``runs_left`` reads (each run records
+    its tag in run_config.json). Nothing when a run left has no record (made before runs
+    recorded it, or unreadable): what it reads is unknown."""
+    tags = set()
+    for run in runs_left:
+        try:
+            config = read_json(join(output_url, run.run_id, "run_config.json")) or {}
+        except DscoError:
+            return []
+        if EMBEDDINGS_TAG not in config:
+            return []
+        tags.add(config[EMBEDDINGS_TAG])
+    fs, root = filesystem(join(output_url, CACHE))
+    try:
+        names = with_retries(f"list {output_url}/{CACHE}", lambda: fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+                  if (found := CACHE_ENTRY.match(name)) and found[1] not in tags)
+
+
+def gc(output_url: str, keep: int, dry_run: bool = False) -> Collected:
+    """Delete what :func:`plan_gc` picks, then the cache entries no run left reads; return
+    both. Holds the output's lock while deleting (so no run starts meanwhile) unless a live
+    run holds it: then its run, every incomplete one and the cache (a starting run may be
+    embedding into a new entry) are left alone. A dry run only reads (it takes no lock)."""
     if keep < 0:
         raise DscoError(f"gc --keep must be 0 or more (the complete runs to keep), got {keep}.")
     if not list_runs(output_url):
-        return []  # no lock file left in a folder that holds no runs
+        return Collected()  # no lock file left in a folder that holds no runs
     lock = None if dry_run else OutputLock(output_url, "gc", GC_LEASE_S)
     if lock is not None:
         try:
@@ -87,11 +125,17 @@ def gc(output_url: str, keep: int, dry_run: bool = False) -> list[RunInfo]:
     # a dry run plans what a real one would: one without the lock while a live run holds it
     locked = lock is not None if not dry_run else lock_holder(output_url) is None
     try:
-        doomed = plan_gc(list_runs(output_url), keep, locked)
+        runs = list_runs(output_url)
+        doomed = plan_gc(runs, keep, locked)
+        gone = {r.run_id for r in doomed}
+        stale = stale_cache(output_url, [r for r in runs if r.run_id not in gone]) \
+            if locked else []
         if not dry_run:
             for run in doomed:
                 delete(join(output_url, run.run_id))
-        return doomed
+            for name in stale:
+                delete(join(output_url, CACHE, name))
+        return Collected(doomed, stale)
     finally:
         if lock is not None:
             lock.release()

@@ -99,12 +99,15 @@ def test_new_input_makes_a_new_run_latest_moves_and_gc_keeps_what_it_must(
     left = {p.name for p in out.iterdir()}
     assert second.run_id in left and writing.name in left and first.run_id not in left
     # without the lock gc deletes complete runs only: once the live run ends, the next job
-    # could resume the abandoned one while it is being deleted
+    # could resume the abandoned one while it is being deleted; and it leaves the cache
     assert abandoned.name in left
+    assert len(list((out / "cache").iterdir())) == 2  # the embeddings of either input
     (out / "lock.json").unlink()  # the live run has ended (it died: `writing` is abandoned)
     assert main(["gc", str(out), "--keep", "1"]) == 0
     left = {p.name for p in out.iterdir()}
     assert second.run_id in left and abandoned.name not in left
+    tag = json.loads((out / second.run_id / "run_config.json").read_text())["embeddings_tag"]
+    assert [p.name for p in (out / "cache").iterdir()] == [f"embeddings-{tag}.parquet"]
 
 
 def test_readers_started_before_the_run_see_every_sample_once_and_end_by_themselves(

@@ -5,13 +5,13 @@ import pytest
 
 from cluster.cli import main
 from pipeline.errors import DscoError
-from pipeline.runs import gc, list_runs
+from pipeline.runs import Collected, gc, list_runs
 
 
-def make_run(out, run_id, complete, updated=None):
+def make_run(out, run_id, complete, updated=None, **recorded):
     run = out / run_id
     run.mkdir(parents=True)
-    (run / "run_config.json").write_text(json.dumps({"run_id": run_id}))
+    (run / "run_config.json").write_text(json.dumps({"run_id": run_id, **recorded}))
     if updated is not None:
         (run / "index.json").write_text(json.dumps({
             "complete": complete, "updated": updated,
@@ -49,9 +49,9 @@ def test_gc_deletes_old_complete_and_abandoned_runs_only(output, capsys):
 
 def test_gc_of_a_folder_without_runs_touches_nothing(output):
     parent = output.parent  # one level too high: the output itself is not a run
-    assert gc(str(parent), keep=0) == []
+    assert gc(str(parent), keep=0) == Collected()
     assert sorted(p.name for p in parent.iterdir()) == ["out"]
-    assert gc(str(output / "data"), keep=0) == [] and (output / "data" / "train").exists()
+    assert gc(str(output / "data"), keep=0) == Collected() and (output / "data" / "train").exists()
 
 
 def test_gc_refuses_a_negative_keep(output):
@@ -66,7 +66,8 @@ def test_a_damaged_index_is_listed_and_left_while_the_other_runs_are_collected(o
     assert states["a_old"] == "damaged" and states["b_latest"] == "complete"
     assert main(["runs", str(output)]) == 0
     assert "a_old  damaged" in capsys.readouterr().out
-    assert {r.run_id for r in gc(str(output), keep=0)} == {"c_abandoned", "e_nothing_committed"}
+    assert {r.run_id for r in gc(str(output), keep=0).runs} == \
+        {"c_abandoned", "e_nothing_committed"}
     assert (output / "a_old").is_dir()
 
 
@@ -76,6 +77,33 @@ def test_a_dry_run_takes_no_lock(output, monkeypatch):
             raise AssertionError("a dry run must only read")
 
     monkeypatch.setattr("pipeline.runs.OutputLock", NoLock)
-    assert {r.run_id for r in gc(str(output), keep=0, dry_run=True)} == \
+    assert {r.run_id for r in gc(str(output), keep=0, dry_run=True).runs} == \
         {"a_old", "c_abandoned", "e_nothing_committed"}
     assert len(list_runs(str(output))) == 5
+
+
+def test_gc_deletes_the_cache_entries_no_run_left_reads(tmp_path, capsys):
+    out = tmp_path / "out"
+    old, new, free = "0" * 16, "1" * 16, "f" * 16
+    make_run(out, "a_old", True, "2026-12-01T00:00:00Z", embeddings_tag=old)
+    make_run(out, "b_latest", True, "2026-12-03T00:00:00Z", embeddings_tag=new)
+    make_run(out, "c_data_free", True, "2026-12-02T00:00:00Z", embeddings_tag=None)
+    (out / "latest.json").write_text(json.dumps({"run_id": "b_latest"}))
+    cache = out / "cache"
+    (cache / f"embeddings-{old}").mkdir(parents=True)  # the embed stage's folder
+    for name in (f"embeddings-{old}.parquet", f"encoder-{old}.safetensors",
+                 f"embeddings-{new}.parquet", f"encoder-{free}.safetensors", "notes.txt"):
+        (cache / name).write_text("x")
+    assert main(["gc", str(out), "--keep", "1", "--dry-run"]) == 0
+    assert "would delete cache/embeddings-0000000000000000.parquet" in capsys.readouterr().out
+    assert len(list(cache.iterdir())) == 6
+    assert gc(str(out), keep=1).cache == [f"embeddings-{old}", f"embeddings-{old}.parquet",
+                                          f"encoder-{old}.safetensors",
+                                          f"encoder-{free}.safetensors"]
+    assert sorted(p.name for p in cache.iterdir()) == [f"embeddings-{new}.parquet", "notes.txt"]
+
+
+def test_gc_keeps_the_whole_cache_while_a_run_left_has_no_record(output):
+    (output / "cache" / f"embeddings-{'0' * 16}.parquet").write_text("x")
+    assert gc(str(output), keep=0).cache == []  # the fixture's runs recorded no tag
+    assert (output / "cache" / f"embeddings-{'0' * 16}.parquet").exists()
