@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from pipeline.config import NoptConfig
 from pipeline.ddim import ddim_advance, ddim_invert, ddim_sample
 from pipeline.features import FeatureMap, FixedEncoder, blocks_in_batches
-from pipeline.kernels import BANDWIDTH_SCALES, mmd_herding
+from pipeline.kernels import BANDWIDTH_SCALES, MMD_REFERENCE_MAX, mmd_herding
 from pipeline.prior import DiffusionBackend
 from pipeline.seeding import generator
 
@@ -152,9 +153,20 @@ def _encode(backend: DiffusionBackend, images: torch.Tensor, batch: int) -> torc
 
 
 def _herd(rows: torch.Tensor, count: int, seed: int, label: int) -> list[int]:
-    """Kernel herding's ``count`` picks among ``rows`` (the mmd selector, no synthetic set)."""
+    """Kernel herding's ``count`` picks among ``rows`` (the mmd selector, no synthetic set).
+    On an accelerator the rows' squared distances to each other are computed there (float64,
+    as the CPU path does): psi's pixel block makes the rows 196,608 wide at 256 px."""
     flat = rows.cpu().numpy()
-    return mmd_herding(flat, flat[:0], count, seed, label)
+    distances = squared_distances_on(rows) \
+        if rows.device.type == "cuda" and len(rows) <= MMD_REFERENCE_MAX else None
+    return mmd_herding(flat, flat[:0], count, seed, label, real_distances=distances)
+
+
+def squared_distances_on(rows: torch.Tensor) -> np.ndarray:
+    """The squared distances between ``rows``, computed in float64 on their device."""
+    wide = rows.double()
+    norms = (wide * wide).sum(1)
+    return (norms[:, None] + norms[None] - 2 * wide @ wide.T).clamp_min(0).cpu().numpy()
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +11,8 @@ from pipeline.ddim import ddim_advance, ddim_invert, ddim_sample
 from pipeline.features import FixedEncoder
 from pipeline.kernels import mmd_herding
 from pipeline.nopt import (_class_slices, data_free_reference, fit_start, initial_noise, mmd2,
-                           optimize_classes, sample_images, shell_penalty, start_and_targets)
+                           optimize_classes, sample_images, shell_penalty, squared_distances_on,
+                           start_and_targets)
 from pipeline.prior import load_prior
 
 
@@ -183,6 +185,21 @@ def test_inverted_start_inverts_the_herded_references(tiny_prior):
                       NoptConfig(ddim_steps=2, iterations=0, start_fraction=fraction)):
             assert torch.equal(start_and_targets(backend, 1, 2, 8, reference, plain, 2)[0],
                                noise)
+
+
+def test_herding_on_distances_computed_elsewhere_picks_what_it_computes_itself():
+    # the start herds on distances computed on the accelerator; here on the CPU, the same way
+    rows = torch.randn(300, 40, generator=torch.Generator().manual_seed(0)) * \
+        torch.linspace(0.5, 2.0, 40)
+    flat = rows.numpy()
+    distances = squared_distances_on(rows)
+    assert distances.dtype == np.float64 and distances.shape == (300, 300)
+    for budget, weights in ((12, None), (40, np.linspace(1, 3, 300))):
+        assert mmd_herding(flat, flat[:0], budget, 1, 2, target_weights=weights,
+                           real_distances=distances) == \
+            mmd_herding(flat, flat[:0], budget, 1, 2, target_weights=weights)
+    with pytest.raises(ValueError, match="n <= reference_max"):
+        mmd_herding(flat, flat[:0], 5, reference_max=100, real_distances=distances)
 
 
 def test_a_start_part_way_along_inverts_that_far_and_advances_the_noise_rows(tiny_prior):
