@@ -29,9 +29,9 @@ from pipeline.storage import delete, filesystem, join, read_json, write_json
 
 FIT_SAMPLES = 2048
 BATCH = 256
-# input shards read per shard above which the classes are called spread (class-ordered shards
-# read about 1-2x: a shard holds the end of one class and the start of the next)
-SPREAD_WARNING = 4
+# shard reads, as a multiple of what class-ordered shards need, above which the classes are
+# called spread
+SPREAD_WARNING = 2
 logger = logging.getLogger(__name__)
 
 
@@ -46,7 +46,9 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
                         doping: DopingConfig, seed: int, out_url: str, use_gpus: bool,
                         actors: int) -> dict:
     """Embed every sample of ``listing`` (the run's input files) into ``out_url`` (skipped when
-    its meta.json exists); return the meta (class names and sizes, encoder, scales)."""
+    its meta.json exists; otherwise whatever ``out_url`` holds is deleted first: it is the
+    cache folder of this input, encoder and seed); return the meta (class names and sizes,
+    encoder, scales)."""
     done = read_json(join(out_url, META))
     if done is not None:
         return done
@@ -100,14 +102,17 @@ def _partition_stats(out_url: str) -> tuple[dict[int, int], dict[int, set[str]]]
 
 def _warn_if_classes_are_spread(spans: dict[int, set[str]], num_shards: int) -> None:
     """The DopingSelector reads, for each class, every input shard that holds one of its
-    samples: shards in class order are read about once, shuffled ones once per class."""
+    samples: shards in class order are read about once (classes + shards reads at most: a
+    class's first and last shard may hold others), shuffled ones once per class."""
     reads = sum(len(s) for s in spans.values())
-    if reads > SPREAD_WARNING * max(num_shards, 1):
+    in_order = len(spans) + num_shards
+    if reads > SPREAD_WARNING * in_order:
         logger.warning(
             "the input shards are not in class order: fetching each class's samples reads "
-            "%d shards where the input has %d (about %.0fx its bytes); write the shards in "
-            "class order (docs/imagenet.md, 'The real data at scale'), or use doping.embed: "
-            "memory for data that fits in one process.", reads, num_shards, reads / num_shards)
+            "%d shards where shards in class order would need at most %d (the input has %d); "
+            "write the shards in class order (docs/imagenet.md, 'The real data at scale'), or "
+            "use doping.embed: memory for data that fits in one process.",
+            reads, in_order, num_shards)
 
 
 def _fitted_encoder(fs, root: str, shards: list[str], name: str,

@@ -117,8 +117,8 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
         "a Coordinator (no DopingSelector: nothing real to read)"
     lines.append(f"actors: {optimizers} {io_actors} (0 CPUs, 0 GPUs, on the head)")
     lines.append(_estimate(cfg, plan, synthetic, counted.kind, device, shape.count))
-    if device == "gpu" and synthetic and counted.kind is not None:
-        lines += _memory_notes(plan, counted.kind, cfg.execution.classes_per_unit)
+    if device == "gpu" and synthetic and counted.kind is not None and cfg.nopt.checkpointing:
+        lines += _memory_notes(plan, counted.kind)  # measured with checkpointing on
     if cfg.uses_real_data():
         lines.append(_doping(cfg, plan.num_samples - synthetic, counted.real_known))
     lines += [f"note: {n}" for n in counted.notes]
@@ -138,19 +138,26 @@ def describe_plan(cfg: JobConfig, gpus: float, cpus: float, classes: int | None 
     return "\n".join(lines)
 
 
-def _memory_notes(plan: Plan, kind: str, classes_per_unit: int) -> list[str]:
+def _memory_notes(plan: Plan, kind: str) -> list[str]:
     """A unit optimises all its synthetic images in one batch: say when the largest is at or
     past a batch the GPU benchmark saw run out of memory, or past the largest it saw fit."""
     limit = measured_batch_limit(kind)
     largest = max(sum(b.synthetic for b in u.budgets) for u in plan.units)
-    if limit is None or limit.fits is None or largest <= limit.fits:
+    if limit is None or (limit.fits is None and limit.fails is None):
         return []
-    measured = (f"on an {limit.device} a {kind} batch of {limit.fits} fit "
-                f"({limit.fits_gib} GiB peak)")
-    fix = (f"lower execution.classes_per_unit so a unit holds at most {limit.fits}"
-           if classes_per_unit > 1 else "a unit holds one class, so its synthetic budget is "
-           "the batch: use GPUs with more memory, or cap it with size.synthetic_cap")
-    if limit.fails is not None and largest >= limit.fails:
+    over_fits = limit.fits is not None and largest > limit.fits
+    at_fails = limit.fails is not None and largest >= limit.fails
+    if not (over_fits or at_fails):
+        return []
+    largest_class = max(b.synthetic for u in plan.units for b in u.budgets)
+    most = limit.fits if limit.fits is not None else limit.fails - 1
+    fix = (f"lower execution.classes_per_unit so a unit holds at most {most}"
+           if largest_class <= most else f"one class's synthetic budget ({largest_class}) is "
+           "more than that alone: use GPUs with more memory, or cap it with size.synthetic_cap")
+    fit = (f"a {kind} batch of {limit.fits} fit ({limit.fits_gib} GiB peak)"
+           if limit.fits is not None else f"no {kind} batch measured fit")
+    measured = f"on an {limit.device} {fit}"
+    if at_fails:
         return [f"note: a unit optimises up to {largest} synthetic images together, and "
                 f"{measured} while {limit.fails} ran out of memory: {fix} (a unit that runs "
                 "out of memory fails the job after its retries)"]

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import DscoError
+from pipeline.lock import lock_holder
 from pipeline.reader import verified_shard
 from pipeline.runs import list_runs
 from pipeline.shards import shard_number
@@ -91,15 +92,19 @@ def raise_deleted(run_url: str) -> None:
 def refuse_an_output(url: str) -> None:
     """Fail when ``url`` is an output (the folder that holds runs), not one run: following
     it would wait for an index.json that never comes. An output is known by its latest.json
-    or, before its first run completes, by the run folders in it."""
+    or, before its first run completes, by the run folders in it or the lock a starting run
+    holds."""
     latest = read_json(join(url, "latest.json"))
+    runs = [] if latest is not None else list_runs(url)
+    holder = None if latest is not None or runs else lock_holder(url)
     if latest is not None:
         which = f"its latest run is {join(url, latest['run_id'])}"
-    else:
-        runs = list_runs(url)
-        if not runs:
-            return
+    elif runs:
         which = f"it holds the {runs[0].state} run {join(url, runs[0].run_id)}"
+    elif holder is not None:  # a first run still before its folder (reading, embedding)
+        which = f"its first run is starting there as {join(url, holder.run_id)}"
+    else:
+        return
     raise DscoError(f"{url!r} is an output, not a run: {which}; follow that (or another run "
                     f"listed by `dsco runs {url}`).")
 

@@ -63,16 +63,19 @@ def list_runs(output_url: str) -> list[RunInfo]:
     return sorted(runs, key=lambda r: (r.updated, r.run_id), reverse=True)
 
 
-def plan_gc(runs: list[RunInfo], keep: int, locked: bool = True) -> list[RunInfo]:
+def plan_gc(runs: list[RunInfo], keep: int, locked: bool = True,
+            holder: str | None = None) -> list[RunInfo]:
     """What gc deletes: complete runs beyond the newest ``keep``, and abandoned incomplete runs
     (last written before the newest complete run finished; a newer one may still be resumed),
     but never the latest run, one being written or a damaged one. Without the output's lock
-    (``locked`` False: a live run holds it) complete runs only: once the live run ends, the
-    next job may resume an incomplete one while gc deletes it."""
+    (``locked`` False: a live run holds it, ``holder`` its run_id where known) complete runs
+    only, and never the holder's (it may be between marking its run complete and moving
+    latest.json): once the live run ends, the next job may resume an incomplete one while gc
+    deletes it."""
     complete = [r for r in runs if r.state == "complete"]
     kept = {r.run_id for r in complete[:keep]}
     newest_complete = max((r.updated for r in complete), default="")
-    return [r for r in runs if not r.latest and
+    return [r for r in runs if not r.latest and r.run_id != holder and
             (r.run_id not in kept if r.state == "complete" else
              locked and r.state == "incomplete" and r.updated < newest_complete)]
 
@@ -117,16 +120,18 @@ def gc(output_url: str, keep: int, dry_run: bool = False) -> Collected:
     if not list_runs(output_url):
         return Collected()  # no lock file left in a folder that holds no runs
     lock = None if dry_run else OutputLock(output_url, "gc", GC_LEASE_S)
+    refused = False
     if lock is not None:
         try:
             lock.acquire()
         except LockHeld:
-            lock = None  # a live run holds it
+            lock, refused = None, True  # a live run holds it
+    live = None if lock is not None else lock_holder(output_url)
     # a dry run plans what a real one would: one without the lock while a live run holds it
-    locked = lock is not None if not dry_run else lock_holder(output_url) is None
+    locked = not refused and live is None
     try:
         runs = list_runs(output_url)
-        doomed = plan_gc(runs, keep, locked)
+        doomed = plan_gc(runs, keep, locked, live.run_id if live else None)
         gone = {r.run_id for r in doomed}
         stale = stale_cache(output_url, [r for r in runs if r.run_id not in gone]) \
             if locked else []

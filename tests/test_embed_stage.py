@@ -75,8 +75,10 @@ def test_shards_out_of_class_order_are_pointed_out(caplog):
     shards = [f"{n:06d}.tar" for n in range(20)]
     in_order = {c: set(shards[2 * c:2 * c + 3]) for c in range(10)}  # a shard shared at ends
     _warn_if_classes_are_spread(in_order, len(shards))
+    many_per_shard = {c: {shards[c // 50]} for c in range(1000)}  # 1000 classes in 20 shards
+    _warn_if_classes_are_spread(many_per_shard, len(shards))
     assert not caplog.records
     shuffled = {c: set(shards) for c in range(10)}  # every class in every shard
     _warn_if_classes_are_spread(shuffled, len(shards))
-    assert "not in class order: fetching each class's samples reads 200 shards where the " \
-        "input has 20 (about 10x" in caplog.text
+    assert "not in class order: fetching each class's samples reads 200 shards where shards " \
+        "in class order would need at most 30 (the input has 20)" in caplog.text

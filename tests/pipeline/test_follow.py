@@ -59,10 +59,17 @@ def test_the_ray_readers_tasks_see_a_deleted_run_too(tmp_path):
 
 
 def test_an_output_is_refused_before_its_first_run_completes(tmp_path):
-    make_run(tmp_path / "out" / "abc123", [[synthetic(0, 0)]], complete=False)
-    with pytest.raises(DscoError, match="is an output, not a run: it holds the incomplete run "
-                                        ".*abc123"):
-        next(follow_run(str(tmp_path / "out"), poll_s=0.01, timeout_s=1))
+    from pipeline.lock import OutputLock
+
+    out = tmp_path / "out"
+    with OutputLock(str(out), "abc123", 60):  # still embedding: no run folder yet
+        with pytest.raises(DscoError, match="is an output, not a run: its first run is "
+                                            "starting there as .*abc123"):
+            next(follow_run(str(out), poll_s=0.01, timeout_s=1))
+        make_run(out / "abc123", [[synthetic(0, 0)]], complete=False)
+        with pytest.raises(DscoError, match="is an output, not a run: it holds the writing "
+                                            "run .*abc123"):
+            next(follow_run(str(out), poll_s=0.01, timeout_s=1))
 
 
 def test_spawned_loader_workers_read_their_training_process_share(tmp_path, monkeypatch):

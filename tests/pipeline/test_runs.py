@@ -107,3 +107,12 @@ def test_gc_keeps_the_whole_cache_while_a_run_left_has_no_record(output):
     (output / "cache" / f"embeddings-{'0' * 16}.parquet").write_text("x")
     assert gc(str(output), keep=0).cache == []  # the fixture's runs recorded no tag
     assert (output / "cache" / f"embeddings-{'0' * 16}.parquet").exists()
+
+
+def test_gc_leaves_the_live_runs_own_run_even_once_it_reads_complete(output):
+    from pipeline.lock import OutputLock
+
+    # a_old's driver has marked it complete and not yet moved latest.json to it
+    with OutputLock(str(output), "a_old", 60):
+        assert gc(str(output), keep=0).runs == []  # incomplete runs wait for the lock too
+    assert (output / "a_old").is_dir()
