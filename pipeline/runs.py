@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import timezone
 
 from pipeline.errors import DscoError
 from pipeline.lock import LockHeld, OutputLock, lock_holder
@@ -15,6 +16,7 @@ DAMAGED = "damaged"
 # in run_config.json: the tag of the cache entries a run reads (None: it reads no real data)
 EMBEDDINGS_TAG = "embeddings_tag"
 # cache entries: embeddings-<tag>.parquet, encoder-<tag>.safetensors, embeddings-<tag>/
+META_JSON = "meta.json"  # the embed stage's, written last (pipeline.class_store.META)
 CACHE_ENTRY = re.compile(r"^(?:embeddings|encoder)-([0-9a-f]{16})(?:\.parquet|\.safetensors)?$")
 GC_LEASE_S = 60.0
 
@@ -90,8 +92,10 @@ class Collected:
 
 def stale_cache(output_url: str, runs_left: list[RunInfo]) -> list[str]:
     """The entries of ``<output>/cache`` that no run in ``runs_left`` reads (each run records
-    its tag in run_config.json). Nothing when a run left has no record (made before runs
-    recorded it, or unreadable): what it reads is unknown."""
+    its tag in run_config.json) and that were written before the newest complete run finished:
+    a newer one may be a run's that stopped before its folder existed (bad input found after
+    embedding) and is about to be rerun. Nothing when a run left has no record (made before
+    runs recorded it, or unreadable): what it reads is unknown."""
     tags = set()
     for run in runs_left:
         try:
@@ -106,8 +110,25 @@ def stale_cache(output_url: str, runs_left: list[RunInfo]) -> list[str]:
         names = with_retries(f"list {output_url}/{CACHE}", lambda: fs.ls(root, detail=False))
     except FileNotFoundError:
         return []
+    newest_complete = max((r.updated for r in runs_left if r.state == "complete"), default="")
     return sorted(name for name in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
-                  if (found := CACHE_ENTRY.match(name)) and found[1] not in tags)
+                  if (found := CACHE_ENTRY.match(name)) and found[1] not in tags
+                  and _written(fs, f"{root.rstrip('/')}/{name}") < newest_complete)
+
+
+def _written(fs, path: str) -> str:
+    """When a cache entry was written, as index.json's ``updated`` spells times (an embed
+    stage's folder: its meta.json, written last); "~" (later than any time) when unknown, so
+    the entry is kept."""
+    if not path.endswith((".parquet", ".safetensors")):
+        path = f"{path}/{META_JSON}"
+    try:
+        when = fs.modified(path)
+    except (OSError, NotImplementedError):  # missing, unfinished, or a store that cannot say
+        return "~"
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def gc(output_url: str, keep: int, dry_run: bool = False) -> Collected:

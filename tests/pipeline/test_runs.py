@@ -1,5 +1,7 @@
 """`dsco runs` / `dsco gc`: what counts as a run, and what gc may delete."""
 import json
+import os
+from datetime import datetime, timezone
 
 import pytest
 
@@ -84,23 +86,32 @@ def test_a_dry_run_takes_no_lock(output, monkeypatch):
 
 def test_gc_deletes_the_cache_entries_no_run_left_reads(tmp_path, capsys):
     out = tmp_path / "out"
-    old, new, free = "0" * 16, "1" * 16, "f" * 16
+    old, new, free, retry = "0" * 16, "1" * 16, "f" * 16, "e" * 16
     make_run(out, "a_old", True, "2026-12-01T00:00:00Z", embeddings_tag=old)
     make_run(out, "b_latest", True, "2026-12-03T00:00:00Z", embeddings_tag=new)
     make_run(out, "c_data_free", True, "2026-12-02T00:00:00Z", embeddings_tag=None)
     (out / "latest.json").write_text(json.dumps({"run_id": "b_latest"}))
     cache = out / "cache"
     (cache / f"embeddings-{old}").mkdir(parents=True)  # the embed stage's folder
-    for name in (f"embeddings-{old}.parquet", f"encoder-{old}.safetensors",
-                 f"embeddings-{new}.parquet", f"encoder-{free}.safetensors", "notes.txt"):
+    (cache / f"embeddings-{free}").mkdir(parents=True)  # one that never finished
+    entries = [f"embeddings-{old}/meta.json", f"embeddings-{old}.parquet",
+               f"encoder-{old}.safetensors", f"embeddings-{new}.parquet",
+               f"encoder-{free}.safetensors", "notes.txt"]
+    written = datetime(2026, 11, 20, tzinfo=timezone.utc).timestamp()  # before every run
+    for name in entries:
         (cache / name).write_text("x")
+        os.utime(cache / name, (written, written))
+    # written after the newest complete run: a run that stopped before its folder existed
+    (cache / f"embeddings-{retry}.parquet").write_text("x")
     assert main(["gc", str(out), "--keep", "1", "--dry-run"]) == 0
     assert "would delete cache/embeddings-0000000000000000.parquet" in capsys.readouterr().out
-    assert len(list(cache.iterdir())) == 6
+    assert len(list(cache.iterdir())) == 8
     assert gc(str(out), keep=1).cache == [f"embeddings-{old}", f"embeddings-{old}.parquet",
                                           f"encoder-{old}.safetensors",
                                           f"encoder-{free}.safetensors"]
-    assert sorted(p.name for p in cache.iterdir()) == [f"embeddings-{new}.parquet", "notes.txt"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([
+        f"embeddings-{retry}.parquet", f"embeddings-{free}", f"embeddings-{new}.parquet",
+        "notes.txt"])
 
 
 def test_gc_keeps_the_whole_cache_while_a_run_left_has_no_record(output):
