@@ -27,9 +27,9 @@ from pipeline.lock import LockHeld, LockLost, OutputLock
 from pipeline.fingerprint import embedding_tag, model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
-from pipeline.runs import EMBEDDINGS_TAG
+from pipeline.runs import EMBEDDINGS_TAG, RUN_CONFIG
 from pipeline.samples import real_only_output
-from pipeline.storage import join, read_json
+from pipeline.storage import exists, join, read_json
 from pipeline.writer import latest_lags, point_latest_at
 
 
@@ -61,8 +61,13 @@ def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
             raise DscoError(f"pretrained weights {path!r} (from pretrained:<path>) {problem}; "
                             "put a readable copy of the file at that path on the driver's node "
                             "and on every node that runs the job.")
-    return compute_run_id(cfg, listing, model_fingerprint(cfg.model.path, cfg.model.revision,
-                                                          weights))
+    model_rows = model_fingerprint(cfg.model.path, cfg.model.revision, weights)
+    rid = compute_run_id(cfg, listing, model_rows)
+    as_spelled = compute_run_id(cfg, listing, model_rows, canonical_urls=False)
+    if as_spelled != rid and not exists(join(cfg.output, rid, RUN_CONFIG)) \
+            and exists(join(cfg.output, as_spelled, RUN_CONFIG)):
+        return as_spelled  # made before trailing slashes left the id: resumed or up to date
+    return rid
 
 
 def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -> JobResult:

@@ -55,13 +55,16 @@ def without_trailing_slash(url: str) -> str:
     return stripped if stripped and not stripped.endswith(":") else url
 
 
-def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list) -> str:
-    """Return a 16-hex-digit id; equal inputs give equal ids, whatever the output URL."""
+def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list,
+           canonical_urls: bool = True) -> str:
+    """Return a 16-hex-digit id; equal inputs give equal ids, whatever the output URL.
+    ``canonical_urls`` False: input.url and model.path as spelled, the id runs had before
+    trailing slashes were dropped from it."""
     settings = cfg.to_dict()
     settings.pop("output")
-    # the same folder spelled with a trailing slash is the same input and the same prior
-    settings["input"]["url"] = without_trailing_slash(cfg.input.url)
-    settings["model"]["path"] = without_trailing_slash(cfg.model.path)
+    if canonical_urls:  # the same folder with a trailing slash is the same input and prior
+        settings["input"]["url"] = without_trailing_slash(cfg.input.url)
+        settings["model"]["path"] = without_trailing_slash(cfg.model.path)
     for (section, key), legacy in LEGACY_VALUES.items():
         if settings[section].get(key) == legacy:
             settings[section].pop(key)

@@ -11,6 +11,7 @@ from pipeline.lock import LockHeld, OutputLock, lock_holder
 from pipeline.storage import delete, exists, filesystem, join, read_json, with_retries
 
 CACHE = "cache"
+RUN_CONFIG = "run_config.json"  # its presence makes a folder a run
 NOT_RUNS = (CACHE,)
 DAMAGED = "damaged"
 # in run_config.json: the tag of the cache entries a run reads (None: it reads no real data)
@@ -49,7 +50,7 @@ def list_runs(output_url: str) -> list[RunInfo]:
         run_id = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if entry["type"] != "directory" or run_id in NOT_RUNS:
             continue
-        if not exists(join(output_url, run_id, "run_config.json")):
+        if not exists(join(output_url, run_id, RUN_CONFIG)):
             continue  # not a run (a prior, data or another output beside them): never touched
         try:
             index = read_json(join(output_url, run_id, "index.json")) or {}
@@ -99,7 +100,7 @@ def stale_cache(output_url: str, runs_left: list[RunInfo]) -> list[str]:
     tags = set()
     for run in runs_left:
         try:
-            config = read_json(join(output_url, run.run_id, "run_config.json")) or {}
+            config = read_json(join(output_url, run.run_id, RUN_CONFIG)) or {}
         except DscoError:
             return []
         if EMBEDDINGS_TAG not in config:

@@ -2,7 +2,8 @@ import pytest
 
 from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
-from pipeline.fingerprint import run_id
+from pipeline.datasets import list_input
+from pipeline.fingerprint import model_fingerprint, run_id
 from pipeline.planning import may_dope
 from tests.conftest import REPO
 
@@ -210,3 +211,25 @@ def test_a_trailing_slash_on_the_input_or_the_prior_keeps_the_run_id():
 def test_exponents_read_as_numbers():
     # YAML 1.1 (PyYAML) reads 1e-3 as a string: "must be float, got '1e-3'" was the answer
     assert load_config(None, [*BASE, "nopt.learning_rate=1e-3"]).nopt.learning_rate == 0.001
+
+
+def test_a_run_made_while_the_trailing_slash_was_in_the_id_is_still_found(tiny_prior,
+                                                                          digits_dir, tmp_path):
+    from cluster.driver import fingerprint
+
+    def config(data):
+        return load_config(None, [f"output={tmp_path}", f"model.path={tiny_prior}",
+                                  f"input.url={data}"])
+
+    slashed = config(f"{digits_dir / 'train'}/")
+    canonical = fingerprint(config(digits_dir / "train"))
+    assert fingerprint(slashed) == canonical
+    as_spelled = run_id(slashed, list_input(slashed.input.url, "webdataset"),
+                        model_fingerprint(str(tiny_prior), ""), canonical_urls=False)
+    assert as_spelled != canonical
+    (tmp_path / as_spelled).mkdir()
+    (tmp_path / as_spelled / "run_config.json").write_text("{}")  # that run, made before
+    assert fingerprint(slashed) == as_spelled  # resumed (or up to date), not redone
+    (tmp_path / canonical).mkdir()
+    (tmp_path / canonical / "run_config.json").write_text("{}")
+    assert fingerprint(slashed) == canonical  # once a run has the new id, it is the one
