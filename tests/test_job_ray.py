@@ -220,19 +220,18 @@ def test_doped_units_are_optimised_side_by_side(ray_local, tiny_prior, digits_di
 
 def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, digits_dir,
                                                            tiny_prior):
-    # a whole ResNet-18 file by its names (the driver's check passes) with one tensor of the
-    # wrong shape: loading it fails inside every NoiseOptimizer call
-    from safetensors.torch import save_file
-
+    # a ResNet-18 torch file (the driver reads only safetensors headers) with one tensor of
+    # the wrong shape: loading it fails inside every NoiseOptimizer call
     from pipeline.backbones import ResNet
 
-    state = {k: v.contiguous() for k, v in ResNet(18).state_dict().items()}
+    state = ResNet(18).state_dict()
     state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
-    save_file(state, str(tmp_path / "misfit.safetensors"))
+    torch.save(state, tmp_path / "misfit.pth")
     cfg = job(tmp_path / "out", tiny_prior, digits_dir,
-              f"nopt.feature_map=pretrained:{tmp_path / 'misfit.safetensors'}",
+              f"nopt.feature_map=pretrained:{tmp_path / 'misfit.pth'}",
               "execution.max_retries=1")
-    with pytest.raises(JobFailed, match="4 work unit.*failed after 1 retries.*loading state_dict"):
+    with pytest.raises(JobFailed, match="4 work unit.*failed after 1 retries.*hold conv1.weight "
+                                        "of shape"):
         run_job(cfg, progress=False)
     [run_dir] = [p for p in (tmp_path / "out").iterdir() if p.name != "cache"]
     assert not (run_dir / "index.json").exists() or not read_index(str(run_dir))["complete"]
