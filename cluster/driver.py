@@ -24,7 +24,8 @@ from pipeline.class_mapping import (check_class_names_align, check_guidance, che
 from pipeline.datasets import InputFile, list_input, listed_class_names
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockHeld, LockLost, OutputLock
-from pipeline.fingerprint import embedding_tag, model_fingerprint, run_id as compute_run_id
+from pipeline.cache_names import CACHE, embedding_tag
+from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
 from pipeline.runs import EMBEDDINGS_TAG, RUN_CONFIG
@@ -101,7 +102,7 @@ def _embed_at_scale(cfg: JobConfig, listing: list[InputFile]) -> str:
     # imported here: the stage fits psi in this process (torch), which other runs never load
     from cluster.embed import embed_with_ray_data, embeddings_url_for
 
-    url = embeddings_url_for(listing, cfg.doping, cfg.seed, join(cfg.output, "cache"))
+    url = embeddings_url_for(listing, cfg.doping, cfg.seed, join(cfg.output, CACHE))
     resources = ray.cluster_resources()
     use_gpus = cfg.execution.accelerator != "cpu" and resources.get("GPU", 0) > 0
     actors = int(resources.get("GPU", 0) if use_gpus else resources.get("CPU", 1))
@@ -135,7 +136,7 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
         embeddings_url = _embed_at_scale(cfg, listing) if cfg.doping.embed == "ray_data" \
             else None
         selector = DopingSelector.options(**io_options).remote(
-            cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, "cache"),
+            cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, CACHE),
             listing, embeddings_url)
         summary = _get_or_raise_input_error(selector.prepare.remote())
         class_sizes, class_names = summary["class_sizes"], summary["class_names"]

@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from pipeline.class_store import META
-from pipeline.fingerprint import embedding_tag
+from pipeline.cache_names import EMBED_STAGE_META, embed_stage_folder, embedding_tag
 from pipeline.config import DopingConfig
 from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, checked_class_sizes, class_names_of,
                                input_samples_in_tar)
@@ -39,7 +38,7 @@ def embeddings_url_for(listing: list[InputFile], doping: DopingConfig, seed: int
                        cache_url: str) -> str:
     """Where the embed stage writes for this input listing, encoder and seed."""
     tag = embedding_tag(listing, doping.encoder, seed)
-    return join(cache_url, f"embeddings-{tag}")
+    return join(cache_url, embed_stage_folder(tag))
 
 
 def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
@@ -49,7 +48,7 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
     its meta.json exists; otherwise whatever ``out_url`` holds is deleted first: it is the
     cache folder of this input, encoder and seed); return the meta (class names and sizes,
     encoder, scales)."""
-    done = read_json(join(out_url, META))
+    done = read_json(join(out_url, EMBED_STAGE_META))
     if done is not None:
         return done
     if layout != "webdataset":
@@ -80,7 +79,7 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
             "class_sizes": sizes,
             "encoder": doping.encoder, "channels": channels, "seed": seed,
             "scales": encoder.scales}
-    write_json(join(out_url, META), meta)  # last: its presence marks the stage complete
+    write_json(join(out_url, EMBED_STAGE_META), meta)  # last: its presence marks the stage complete
     return meta
 
 

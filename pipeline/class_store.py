@@ -20,13 +20,12 @@ import torch
 from pipeline.datasets import InputFile, input_samples_in_tar, read_dataset
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
-from pipeline.fingerprint import embedding_tag
+from pipeline.cache_names import (EMBED_STAGE_META, embedding_tag, embeddings_file,
+                                  encoder_file)
 from pipeline.images import decode_image
 from pipeline.tensors import to_model_space
 from pipeline.trained_encoder import features_from_bytes, train_features
 from pipeline.storage import filesystem, join, read_bytes, read_json, with_retries, write_bytes
-
-META = "meta.json"
 
 
 class InMemoryStore:
@@ -38,8 +37,8 @@ class InMemoryStore:
         self.data = read_dataset(input_url, layout, listing)
         self.class_names = self.data.class_names
         tag = embedding_tag(self.data.listing, encoder_name, seed)
-        self.embeddings_url = join(cache_url, f"embeddings-{tag}.parquet")
-        self.weights_url = join(cache_url, f"encoder-{tag}.safetensors")  # a trained psi's
+        self.embeddings_url = join(cache_url, embeddings_file(tag))
+        self.weights_url = join(cache_url, encoder_file(tag))  # a trained psi's
         self.seed = seed
         self.encoder = FixedEncoder(encoder_name, self.data.images.shape[-1], seed)
         # embedded on first use: a run that dopes nothing (pure NOpt) never needs psi, and a
@@ -107,10 +106,10 @@ class ShardedStore:
     CLASSES_IN_MEMORY = 8
 
     def __init__(self, input_url: str, embeddings_url: str):
-        meta = read_json(join(embeddings_url, META))
+        meta = read_json(join(embeddings_url, EMBED_STAGE_META))
         if meta is None:
-            raise DscoError(f"no {META} under {embeddings_url!r}: the embed stage has not "
-                            "finished there; rerun the job to redo it.")
+            raise DscoError(f"no {EMBED_STAGE_META} under {embeddings_url!r}: the embed stage "
+                            "has not finished there; rerun the job to redo it.")
         self.input_url = input_url
         self.embeddings_url = embeddings_url
         self.class_names = meta["class_names"]

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 
-from pipeline.config import PRETRAINED, JobConfig
+from pipeline.config import JobConfig
 from pipeline.datasets import InputFile
 from pipeline.planning import may_dope
 
@@ -25,15 +25,6 @@ def file_version(path: str) -> list:
         return [size, str(os.path.getmtime(path))]
     with open(path, "rb") as f:
         return [size, hashlib.sha256(f.read()).hexdigest()]
-
-
-def embedding_tag(listing: list[InputFile], encoder: str, seed: int) -> str:
-    """Names the cached embeddings of one input listing under one encoder and seed (and, for
-    ``pretrained:<path>``, that file's content: new weights at the same path embed anew)."""
-    text = json.dumps([f.__dict__ for f in listing], sort_keys=True)
-    if encoder.startswith(PRETRAINED):
-        text += json.dumps(file_version(encoder[len(PRETRAINED):]))
-    return hashlib.sha256(f"{text}|{encoder}|{seed}".encode()).hexdigest()[:16]
 
 
 def model_fingerprint(model_dir: str, revision: str, extra_files: list[str] = ()) -> list:

@@ -2,23 +2,19 @@
 cached embeddings no run left reads."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import timezone
 
+from pipeline.cache_names import CACHE, EMBED_STAGE_META, ENTRY
 from pipeline.errors import DscoError
 from pipeline.lock import LockHeld, OutputLock, lock_holder
 from pipeline.storage import delete, exists, filesystem, join, read_json, with_retries
 
-CACHE = "cache"
 RUN_CONFIG = "run_config.json"  # its presence makes a folder a run
 NOT_RUNS = (CACHE,)
 DAMAGED = "damaged"
 # in run_config.json: the tag of the cache entries a run reads (None: it reads no real data)
 EMBEDDINGS_TAG = "embeddings_tag"
-# cache entries: embeddings-<tag>.parquet, encoder-<tag>.safetensors, embeddings-<tag>/
-META_JSON = "meta.json"  # the embed stage's, written last (pipeline.class_store.META)
-CACHE_ENTRY = re.compile(r"^(?:embeddings|encoder)-([0-9a-f]{16})(?:\.parquet|\.safetensors)?$")
 GC_LEASE_S = 60.0
 
 
@@ -113,7 +109,7 @@ def stale_cache(output_url: str, runs_left: list[RunInfo]) -> list[str]:
         return []
     newest_complete = max((r.updated for r in runs_left if r.state == "complete"), default="")
     return sorted(name for name in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
-                  if (found := CACHE_ENTRY.match(name)) and found[1] not in tags
+                  if (found := ENTRY.match(name)) and found[1] not in tags
                   and _written(fs, f"{root.rstrip('/')}/{name}") < newest_complete)
 
 
@@ -122,7 +118,7 @@ def _written(fs, path: str) -> str:
     stage's folder: its meta.json, written last); "~" (later than any time) when unknown, so
     the entry is kept."""
     if not path.endswith((".parquet", ".safetensors")):
-        path = f"{path}/{META_JSON}"
+        path = f"{path}/{EMBED_STAGE_META}"
     try:
         when = fs.modified(path)
     except (OSError, NotImplementedError):  # missing, unfinished, or a store that cannot say

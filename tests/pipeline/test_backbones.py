@@ -163,7 +163,7 @@ def test_resnet_names_with_other_widths_are_refused_before_the_run_and_when_load
 
 
 def test_new_weights_at_the_same_path_embed_anew(tmp_path):
-    from pipeline.fingerprint import embedding_tag
+    from pipeline.cache_names import embedding_tag
 
     weights = tmp_path / "resnet.safetensors"
     weights.write_bytes(b"weights A")
