@@ -97,7 +97,7 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
         return _run_locked(cfg, address, meta, listing, rid, run_url, started, lock, progress)
 
 
-def _embed_at_scale(cfg: JobConfig, listing: list[InputFile]) -> str:
+def _embed_at_scale(cfg: JobConfig, listing: list[InputFile], lock: OutputLock) -> str:
     """Run the Ray Data embed stage (once per input, encoder and seed); return its URL."""
     # imported here: the stage fits psi in this process (torch), which other runs never load
     from cluster.embed import embed_with_ray_data, embeddings_url_for
@@ -106,8 +106,10 @@ def _embed_at_scale(cfg: JobConfig, listing: list[InputFile]) -> str:
     resources = ray.cluster_resources()
     use_gpus = cfg.execution.accelerator != "cpu" and resources.get("GPU", 0) > 0
     actors = int(resources.get("GPU", 0) if use_gpus else resources.get("CPU", 1))
+    # a run whose lease lapsed while it embedded must not mark the entry complete: gc may
+    # have cleared it meanwhile
     embed_with_ray_data(cfg.input.url, cfg.input.layout, listing, cfg.doping, cfg.seed, url,
-                        use_gpus, actors)
+                        use_gpus, actors, before_complete=lock.check)
     return url
 
 
@@ -133,7 +135,7 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     io_options = io_actor_options(head_node_id())
     selector = None
     if cfg.uses_real_data():
-        embeddings_url = _embed_at_scale(cfg, listing) if cfg.doping.embed == "ray_data" \
+        embeddings_url = _embed_at_scale(cfg, listing, lock) if cfg.doping.embed == "ray_data" \
             else None
         selector = DopingSelector.options(**io_options).remote(
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, CACHE),

@@ -9,6 +9,7 @@ shards, so every actor embeds with the same fixed encoder.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -43,11 +44,12 @@ def embeddings_url_for(listing: list[InputFile], doping: DopingConfig, seed: int
 
 def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
                         doping: DopingConfig, seed: int, out_url: str, use_gpus: bool,
-                        actors: int) -> dict:
+                        actors: int, before_complete: Callable[[], None] = lambda: None) -> dict:
     """Embed every sample of ``listing`` (the run's input files) into ``out_url`` (skipped when
     its meta.json exists; otherwise whatever ``out_url`` holds is deleted first: it is the
     cache folder of this input, encoder and seed); return the meta (class names and sizes,
-    encoder, scales)."""
+    encoder, scales). ``before_complete`` runs just before meta.json marks the stage complete
+    (the driver's lock check: raising there leaves the stage incomplete)."""
     done = read_json(join(out_url, EMBED_STAGE_META))
     if done is not None:
         return done
@@ -79,6 +81,7 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
             "class_sizes": sizes,
             "encoder": doping.encoder, "channels": channels, "seed": seed,
             "scales": encoder.scales}
+    before_complete()
     write_json(join(out_url, EMBED_STAGE_META), meta)  # last: its presence marks the stage complete
     return meta
 

@@ -28,9 +28,15 @@ def stores(ray_local, digits_dir, tmp_path_factory):
     stale.parent.mkdir(parents=True)
     pq.write_table(pa.table({"key": ["digits_0000"], "shard": ["000000.tar"],
                              "embedding": pa.array([[0.0]], pa.list_(pa.float32()))}), stale)
+    checked = []  # the driver's lock check, which must come before the stage is marked done
+
+    def lock_check():
+        checked.append(not (Path(out) / "meta.json").exists())
+
     meta = embed_with_ray_data(data, "webdataset", list_input(data, "webdataset"),
                                DopingConfig(encoder="random_conv"), 0, out, use_gpus=False,
-                               actors=2)
+                               actors=2, before_complete=lock_check)
+    assert checked == [True]
     memory = InMemoryStore(data, "webdataset", "random_conv", 0,
                            str(tmp_path_factory.mktemp("cache")))
     return meta, ShardedStore(data, out), memory
