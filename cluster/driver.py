@@ -24,8 +24,9 @@ from pipeline.class_mapping import (check_class_names_align, check_guidance, che
 from pipeline.datasets import InputFile, list_input, listed_class_names
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockHeld, LockLost, OutputLock
-from pipeline.cache_names import CACHE, embedding_tag
-from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id
+from pipeline.cache_names import CACHE, embed_stage_folder, embedding_tag
+from pipeline.fingerprint import model_fingerprint, run_id as compute_run_id, \
+    without_trailing_slash
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
 from pipeline.runs import EMBEDDINGS_TAG, RUN_CONFIG
@@ -64,8 +65,11 @@ def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
                             "and on every node that runs the job.")
     model_rows = model_fingerprint(cfg.model.path, cfg.model.revision, weights)
     rid = compute_run_id(cfg, listing, model_rows)
+    urls = (cfg.input.url, cfg.model.path)
+    if all(without_trailing_slash(u) == u for u in urls):
+        return rid
     as_spelled = compute_run_id(cfg, listing, model_rows, canonical_urls=False)
-    if as_spelled != rid and not exists(join(cfg.output, rid, RUN_CONFIG)) \
+    if not exists(join(cfg.output, rid, RUN_CONFIG)) \
             and exists(join(cfg.output, as_spelled, RUN_CONFIG)):
         return as_spelled  # made before trailing slashes left the id: resumed or up to date
     return rid
@@ -97,12 +101,14 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
         return _run_locked(cfg, address, meta, listing, rid, run_url, started, lock, progress)
 
 
-def _embed_at_scale(cfg: JobConfig, listing: list[InputFile], lock: OutputLock) -> str:
-    """Run the Ray Data embed stage (once per input, encoder and seed); return its URL."""
+def _embed_at_scale(cfg: JobConfig, listing: list[InputFile], tag: str,
+                    lock: OutputLock) -> str:
+    """Run the Ray Data embed stage (once per input, encoder and seed: ``tag``); return its
+    URL."""
     # imported here: the stage fits psi in this process (torch), which other runs never load
-    from cluster.embed import embed_with_ray_data, embeddings_url_for
+    from cluster.embed import embed_with_ray_data
 
-    url = embeddings_url_for(listing, cfg.doping, cfg.seed, join(cfg.output, CACHE))
+    url = join(cfg.output, CACHE, embed_stage_folder(tag))
     resources = ray.cluster_resources()
     use_gpus = cfg.execution.accelerator != "cpu" and resources.get("GPU", 0) > 0
     actors = int(resources.get("GPU", 0) if use_gpus else resources.get("CPU", 1))
@@ -134,9 +140,11 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     connect(address)
     io_options = io_actor_options(head_node_id())
     selector = None
+    # the cache entries this run reads; recorded beside its config, so `dsco gc` keeps them
+    tag = embedding_tag(listing, cfg.doping.encoder, cfg.seed) if cfg.uses_real_data() else None
     if cfg.uses_real_data():
-        embeddings_url = _embed_at_scale(cfg, listing, lock) if cfg.doping.embed == "ray_data" \
-            else None
+        embeddings_url = _embed_at_scale(cfg, listing, tag, lock) \
+            if cfg.doping.embed == "ray_data" else None
         selector = DopingSelector.options(**io_options).remote(
             cfg.input.url, cfg.input.layout, cfg.doping, cfg.seed, join(cfg.output, CACHE),
             listing, embeddings_url)
@@ -155,8 +163,6 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
         if image_shape and not cfg.nopt.data_free:
             check_images_fit(cfg, meta, image_shape)
     # started once the input and the prior are checked: bad input leaves no run folder behind
-    # recorded beside the config: the cache entries this run reads are kept by `dsco gc`
-    tag = embedding_tag(listing, cfg.doping.encoder, cfg.seed) if cfg.uses_real_data() else None
     coordinator = Coordinator.options(**io_options).remote(
         cfg.output, rid, {**cfg.to_dict(), EMBEDDINGS_TAG: tag})
     ray.get(coordinator.start.remote(plan.num_shards))

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from pipeline.cache_names import EMBED_STAGE_META, embed_stage_folder, embedding_tag
+from pipeline.cache_names import EMBED_STAGE_META
 from pipeline.config import DopingConfig
 from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, checked_class_sizes, class_names_of,
                                input_samples_in_tar)
@@ -33,13 +33,6 @@ BATCH = 256
 # called spread
 SPREAD_WARNING = 2
 logger = logging.getLogger(__name__)
-
-
-def embeddings_url_for(listing: list[InputFile], doping: DopingConfig, seed: int,
-                       cache_url: str) -> str:
-    """Where the embed stage writes for this input listing, encoder and seed."""
-    tag = embedding_tag(listing, doping.encoder, seed)
-    return join(cache_url, embed_stage_folder(tag))
 
 
 def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
