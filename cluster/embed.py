@@ -3,8 +3,9 @@ pool (one GPU each where the cluster has GPUs) embeds them with the doping encod
 the rows (key, label, shard, embedding) land in Parquet partitioned by label, so the
 DopingSelector can load one class at a time (``pipeline.class_store.ShardedStore``).
 
-psi's per-block scales are fitted first on the first ``FIT_SAMPLES`` images of the listing's
-shards, so every actor embeds with the same fixed encoder.
+psi's per-block scales are fitted first on about ``FIT_SAMPLES`` images, the first few of each
+of up to ``FIT_SHARDS`` shards spread over the listing, so every actor embeds with the same
+fixed encoder.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from pipeline.cache_names import EMBED_STAGE_META
 from pipeline.config import DopingConfig
 from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, checked_class_sizes, class_names_of,
-                               input_samples_in_tar)
+                               first_input_samples)
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image
@@ -28,6 +29,7 @@ from pipeline.tensors import to_model_space
 from pipeline.storage import delete, filesystem, join, read_json, write_json
 
 FIT_SAMPLES = 2048
+FIT_SHARDS = 64
 BATCH = 256
 # shard reads, as a multiple of what class-ordered shards need, above which the classes are
 # called spread
@@ -112,15 +114,25 @@ def _warn_if_classes_are_spread(spans: dict[int, set[str]], num_shards: int) -> 
 
 def _fitted_encoder(fs, root: str, shards: list[str], name: str,
                     seed: int) -> tuple[FixedEncoder, int]:
-    images = []
-    for shard in shards:
-        for key, _, data, _ in input_samples_in_tar(fs.cat_file(f"{root}/{shard}"), shard):
-            images.append(decode_image(data, key))
-        if len(images) >= FIT_SAMPLES:
-            break
-    stacked = np.stack(images[:FIT_SAMPLES])
+    stacked = np.stack([decode_image(data, key) for key, _, data, _ in
+                        fit_samples(fs, root, shards)])
     encoder = FixedEncoder(name, stacked.shape[-1], seed)
     return encoder.fit(to_model_space(stacked)), stacked.shape[-1]
+
+
+def fit_samples(fs, root: str, shards: list[str]) -> list[tuple[str, int, bytes, str]]:
+    """The samples psi's scales are fitted on: about ``FIT_SAMPLES``, the first of each of up
+    to ``FIT_SHARDS`` shards spread evenly over ``shards`` (each read only that far). Shards in
+    class order, the layout the DopingSelector wants, hold one class or two each: the
+    listing's first images would fit the scales to its first classes."""
+    count = min(FIT_SHARDS, len(shards))
+    picked = [shards[i] for i in np.linspace(0, len(shards) - 1, count).round().astype(int)]
+    per_shard = -(-FIT_SAMPLES // count)
+    samples = []
+    for shard in picked:
+        with fs.open(f"{root}/{shard}", "rb") as stream:
+            samples += first_input_samples(stream, shard, per_shard)
+    return samples
 
 
 class EmbedBatch:

@@ -201,8 +201,7 @@ def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes,
         members = {m.name: tar.extractfile(m).read() for m in files}
         cut_off = _ends_early(tar, data)
     except (tarfile.TarError, OSError, EOFError, AttributeError) as exc:
-        raise DscoError(f"input shard {shard!r} is not a readable tar ({exc}); "
-                        "re-create it or remove it from the input.") from exc
+        raise _unreadable(shard, exc) from exc
     if cut_off:
         raise DscoError(f"input shard {shard!r} is cut off or damaged after its "
                         f"{len(members)} readable files ({cut_off}): its other samples would "
@@ -213,26 +212,64 @@ def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes,
                         "with one copy of each file.")
     by_key: dict[str, dict[str, bytes]] = {}
     for name, payload in members.items():
-        base = posixpath.basename(name)
-        if "." not in base or base.startswith("."):
-            continue
-        stem, ext = base.split(".", 1)  # as webdataset does: the key keeps dotted folders
-        by_key.setdefault(posixpath.join(posixpath.dirname(name), stem), {})[ext.lower()] = \
-            payload
-    out = []
-    for key, parts in by_key.items():
-        ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
-        if ext is None or "cls" not in parts:
-            raise DscoError(f"sample {key!r} in shard {shard!r} needs an image "
-                            f"({'/'.join(IMAGE_EXTENSIONS)}) and a .cls file; it has "
-                            f"{sorted(parts)}.")
-        try:
-            label = int(parts["cls"].decode().strip())
-        except ValueError:
-            raise DscoError(f"sample {key!r} in shard {shard!r} has a .cls that is not an "
-                            f"integer: {parts['cls'][:20]!r}.") from None
-        out.append((key, label, parts[ext], ext))
-    return out
+        named = _key_and_extension(name)
+        if named is not None:
+            by_key.setdefault(named[0], {})[named[1]] = payload
+    return [_input_sample(key, parts, shard) for key, parts in by_key.items()]
+
+
+def first_input_samples(stream, shard: str, limit: int) -> list[tuple[str, int, bytes, str]]:
+    """The first ``limit`` samples of a WebDataset shard (as ``input_samples_in_tar``), read
+    from the open file ``stream`` only as far as they reach. A sample's files are adjacent in
+    a WebDataset shard, as every WebDataset reader assumes."""
+    out: list[tuple[str, int, bytes, str]] = []
+    key, parts = None, {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                named = _key_and_extension(member.name) if member.isfile() else None
+                if named is None:
+                    continue
+                if named[0] != key:
+                    if parts:
+                        out.append(_input_sample(key, parts, shard))
+                    if len(out) == limit:
+                        return out
+                    key, parts = named[0], {}
+                parts[named[1]] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise _unreadable(shard, exc) from exc
+    return out + ([_input_sample(key, parts, shard)] if parts else [])
+
+
+def _unreadable(shard: str, exc: Exception) -> DscoError:
+    return DscoError(f"input shard {shard!r} is not a readable tar ({exc}); "
+                     "re-create it or remove it from the input.")
+
+
+def _key_and_extension(name: str) -> tuple[str, str] | None:
+    """A tar member's sample key and lower-case extension; None for hidden or extension-less
+    files, which are no samples."""
+    base = posixpath.basename(name)
+    if "." not in base or base.startswith("."):
+        return None
+    stem, ext = base.split(".", 1)  # as webdataset does: the key keeps dotted folders
+    return posixpath.join(posixpath.dirname(name), stem), ext.lower()
+
+
+def _input_sample(key: str, parts: dict[str, bytes], shard: str) -> tuple[str, int, bytes, str]:
+    """(key, label, image bytes, image extension) of one sample's files, checked."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
+    if ext is None or "cls" not in parts:
+        raise DscoError(f"sample {key!r} in shard {shard!r} needs an image "
+                        f"({'/'.join(IMAGE_EXTENSIONS)}) and a .cls file; it has "
+                        f"{sorted(parts)}.")
+    try:
+        label = int(parts["cls"].decode().strip())
+    except ValueError:
+        raise DscoError(f"sample {key!r} in shard {shard!r} has a .cls that is not an "
+                        f"integer: {parts['cls'][:20]!r}.") from None
+    return key, label, parts[ext], ext
 
 
 def _ends_early(tar: tarfile.TarFile, data: bytes) -> str:

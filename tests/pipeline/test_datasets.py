@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets import count_per_class, list_input, read_dataset
+from pipeline.datasets import (count_per_class, first_input_samples, input_samples_in_tar,
+                               list_input, read_dataset)
 from pipeline.errors import DscoError
 from pipeline.images import decode_image, encode_png
 from pipeline.tarfiles import build_tar
@@ -130,6 +131,23 @@ def test_hidden_files_are_no_samples_and_dotted_folders_stay_in_the_key(tmp_path
     (shards / "000000.tar").write_bytes(build_tar(
         [("v1.2/a.png", _image(1)), ("v1.2/a.cls", b"0"), ("v1.2/._a.png", b"junk")]))
     assert read_dataset(str(shards), "webdataset").keys == ["v1.2/a"]  # as webdataset keys it
+
+
+def test_the_first_samples_of_a_shard_are_read_as_a_stream_only_that_far():
+    noise = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    members = [(f"s{i}.{ext}", encode_png(noise[i]) if ext == "png" else str(i % 3).encode())
+               for i in range(8) for ext in ("png", "cls")] + [(".hidden", b"x")]
+    whole = build_tar(members)  # 12 KiB a png: past tarfile's 10 KiB read-ahead
+    stream = io.BytesIO(whole)
+    assert first_input_samples(stream, "000000.tar", 2) == \
+        input_samples_in_tar(whole, "000000.tar")[:2]
+    assert stream.tell() < whole.index(b"s4.png")  # up to the third sample's files, not more
+    assert first_input_samples(io.BytesIO(whole), "000000.tar", 99) == \
+        input_samples_in_tar(whole, "000000.tar")
+    with pytest.raises(DscoError, match="sample 's1' in shard '000000.tar' needs an image"):
+        first_input_samples(io.BytesIO(build_tar(members[:3])), "000000.tar", 5)
+    with pytest.raises(DscoError, match="'000000.tar' is not a readable tar"):
+        first_input_samples(io.BytesIO(b"garbage" * 100), "000000.tar", 5)
 
 
 def test_a_16_bit_png_is_scaled_not_clipped():
