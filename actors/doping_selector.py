@@ -39,7 +39,13 @@ class DopingSelector:
         return self.stage.summary()
 
     def references(self, unit: WorkUnit):
-        return self.stage.references(unit)
+        """label -> the unit's real images; or, when they cannot be read (an input shard gone
+        or damaged since the run listed it), the failed unit, which the NoiseOptimizer reports
+        in place of running it."""
+        try:
+            return self.stage.references(unit)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
+            return failed_unit(unit.unit_id, exc)
 
     def dope(self, unit: WorkUnit, output: UnitOutput) -> UnitOutput:
         """Add selected real samples to a unit's output (failed outputs pass through)."""

@@ -10,6 +10,7 @@ from ray.experimental import tqdm_ray
 from actors.failures import failed_unit
 from pipeline.config import NoptConfig
 from pipeline.planning import WorkUnit
+from pipeline.samples import UnitOutput
 
 
 @ray.remote
@@ -41,14 +42,17 @@ class NoiseOptimizer:
 
     @ray.method(num_returns=2)
     def run(self, unit: WorkUnit, references):
-        """Run NOpt for ``unit``; returns (small status for the driver, the unit's output)."""
+        """Run NOpt for ``unit`` on ``references`` (label -> real images, None when data-free, or
+        the DopingSelector's failed unit, passed on); returns (small status for the driver,
+        the unit's output)."""
         started = time.time()
         bar = None
         if self.progress and self.stage.cfg.iterations and unit.needs_nopt:
             bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
                                 desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
         try:
-            output = self.stage.run_unit(unit, references, bar.update if bar else None)
+            output = references if isinstance(references, UnitOutput) else \
+                self.stage.run_unit(unit, references, bar.update if bar else None)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
             output = failed_unit(unit.unit_id, exc)
         if bar is not None:

@@ -88,3 +88,38 @@ def test_shards_out_of_class_order_are_pointed_out(caplog):
     _warn_if_classes_are_spread(shuffled, len(shards))
     assert "not in class order: fetching each class's samples reads 200 shards where shards " \
         "in class order would need at most 30 (the input has 20)" in caplog.text
+
+
+def test_an_input_shard_damaged_after_embedding_fails_its_units_not_the_driver(
+        ray_local, tiny_prior, digits_dir, tmp_path, monkeypatch):
+    # the references are read from the input shards when a unit starts: a shard damaged
+    # since the embed stage makes those units fail (and retry), reported with the shard's name
+    import shutil
+
+    from cluster import embed
+    from pipeline.datasets import input_samples_in_tar
+    from pipeline.errors import JobFailed
+
+    data = tmp_path / "train"
+    shutil.copytree(digits_dir / "train", data)
+    shards = sorted(p.name for p in data.glob("*.tar"))
+    holding = {s: input_samples_in_tar((data / s).read_bytes(), s) for s in shards}
+    first_zero = min(key for s in shards for key, label, _, _ in holding[s] if label == 0)
+    # the DopingSelector's prepare reads class 0's first image: damage another shard
+    damaged = next(s for s in reversed(shards)
+                   if all(key != first_zero for key, *_ in holding[s]))
+    embed_stage = embed.embed_with_ray_data
+
+    def embed_then_damage(*args, **kwargs):
+        meta = embed_stage(*args, **kwargs)
+        (data / damaged).write_bytes(b"garbage" * 100)
+        return meta
+
+    monkeypatch.setattr(embed, "embed_with_ray_data", embed_then_damage)
+    cfg = load_config(None, [f"output={tmp_path / 'out'}", f"model.path={tiny_prior}",
+                             f"input.url={data}", "nopt.iterations=1", "nopt.ddim_steps=2",
+                             "size.ipc=2", "execution.classes_per_unit=5",
+                             "execution.max_retries=1", "doping.embed=ray_data", RANDOM_PSI])
+    with pytest.raises(JobFailed, match=f"work unit.*failed after 1 retries.*input shard "
+                                        f"'{damaged}' is not a readable tar"):
+        run_job(cfg, progress=False)
