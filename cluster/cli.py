@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("output")
     runs.set_defaults(func=_cmd_runs)
 
-    gc = add_parser("gc", help="delete old complete runs and abandoned incomplete ones")
+    gc = add_parser("gc", help="delete old complete runs, abandoned incomplete ones and "
+                    "the cache entries no run left reads")
     gc.add_argument("output")
     gc.add_argument("--keep", type=_at_least(0), required=True,
                     help="complete runs to keep (newest)")

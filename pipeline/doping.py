@@ -7,8 +7,8 @@ the synthetic set, then lazy greedy facility location seeded with that coverage.
 minimises, between (synthetic + picked) and the class's real data: picks follow the real
 density, with lower variance than a random subset. ``boundary_weights`` can tilt that target
 toward the samples that lie close to other classes (``doping.boundary_weight``).
-Baselines beside them: ``random``, ``herding`` (greedy mean matching) and ``kcenter``
-(greedy max-min distance), both seeded with the synthetic set too.
+``kcenter`` (the default; greedy max-min distance, NumPy in blocks) and ``herding`` (greedy
+mean matching), both seeded with the synthetic set too, and ``random``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """NOpt: optimise a diffusion model's input noise so its samples match a class distribution.
 
 For class c and budget N (METHOD.md): z ~ N(0, I) seeded per (run seed, class, sample);
-G(z) = DDIM(K steps, eta 0) with gradients through every step; loss = sum over feature blocks
-of multi-bandwidth Gaussian MMD^2(phi(G(z)), phi(real minibatch)) + lambda * shell penalty;
+G(z) = DDIM(K steps, eta 0) with gradients through every step it runs (with
+``start_fraction`` f, z is the point at step floor(f K) and G runs the steps after it);
+loss = sum over feature blocks of multi-bandwidth Gaussian MMD^2(phi(G(z)), phi(real
+minibatch)) + lambda * shell penalty;
 Adam on z for T iterations. T = 0 is plain sampling, the built-in baseline. With
 ``nopt.init: inverted`` (the default) z starts at the DDIM inversions of the class's most
 representative reference images instead of at fresh noise (see :func:`start_and_targets`).
