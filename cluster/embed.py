@@ -20,8 +20,8 @@ import torch
 
 from pipeline.cache_names import EMBED_STAGE_META
 from pipeline.config import DopingConfig
-from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, checked_class_sizes, class_names_of,
-                               first_input_samples)
+from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, check_unique_keys,
+                               checked_class_sizes, class_names_of, first_input_samples)
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image
@@ -69,7 +69,7 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
     # them, so the class sizes would double and doping could pick a sample twice
     delete(out_url)
     embedded.write_parquet(out_url, partition_cols=["label"])
-    rows, spans = _partition_stats(out_url)
+    rows, spans = _partition_stats(out_url, input_url)
     sizes = checked_class_sizes(rows, names, input_url)
     _warn_if_classes_are_spread(spans, len(shards))
     meta = {"class_names": names or [str(i) for i in range(len(sizes))],
@@ -81,19 +81,23 @@ def embed_with_ray_data(input_url: str, layout: str, listing: list[InputFile],
     return meta
 
 
-def _partition_stats(out_url: str) -> tuple[dict[int, int], dict[int, set[str]]]:
-    """Rows, and the input shards they came from, of each ``label=<c>`` partition."""
+def _partition_stats(out_url: str, input_url: str) -> tuple[dict[int, int], dict[int, set[str]]]:
+    """Rows, and the input shards they came from, of each ``label=<c>`` partition; a sample
+    key written twice (the input holds it twice) is refused, as the in-memory path does."""
     fs, root = filesystem(out_url)
     sizes: dict[int, int] = {}
     spans: dict[int, set[str]] = {}
-    for path in fs.find(root):
+    keys: list[str] = []
+    for path in sorted(fs.find(root)):
         part = next((p for p in path.split("/") if p.startswith("label=")), None)
         if part and path.endswith(".parquet"):
             label = int(part[len("label="):])
             with fs.open(path, "rb") as f:
-                shard_column = pq.read_table(f, columns=["shard"]).column("shard")
-            sizes[label] = sizes.get(label, 0) + len(shard_column)
-            spans.setdefault(label, set()).update(shard_column.to_pylist())
+                table = pq.read_table(f, columns=["key", "shard"])
+            sizes[label] = sizes.get(label, 0) + table.num_rows
+            spans.setdefault(label, set()).update(table.column("shard").to_pylist())
+            keys += table.column("key").to_pylist()
+    check_unique_keys(sorted(keys), input_url)
     return sizes, spans
 
 

@@ -283,13 +283,20 @@ def _ends_early(tar: tarfile.TarFile, data: bytes) -> str:
     return ""
 
 
+def check_unique_keys(keys, url: str) -> None:
+    """Refuse a dataset that holds a sample key twice: which sample a key means is unknown."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise DscoError(f"dataset {url!r} has the sample key {key!r} more than once (in two "
+                            "shards, or as two images in one folder); keys must be unique.")
+        seen.add(key)
+
+
 def _decode_all(samples, names, url, files) -> LabelledImages:
     samples.sort(key=lambda s: s[0])
     keys = [s[0] for s in samples]
-    twice = next((a for a, b in zip(keys, keys[1:]) if a == b), None)
-    if twice is not None:
-        raise DscoError(f"dataset {url!r} has the sample key {twice!r} more than once (in two "
-                        "shards, or as two images in one folder); keys must be unique.")
+    check_unique_keys(keys, url)
     if not samples:
         raise DscoError(f"dataset {url!r} holds no samples (its shards are empty); check "
                         "input.url.")

@@ -123,3 +123,24 @@ def test_an_input_shard_damaged_after_embedding_fails_its_units_not_the_driver(
     with pytest.raises(JobFailed, match=f"work unit.*failed after 1 retries.*input shard "
                                         f"'{damaged}' is not a readable tar"):
         run_job(cfg, progress=False)
+
+
+def test_a_key_held_by_two_input_shards_is_refused_before_the_stage_completes(ray_local,
+                                                                              tmp_path):
+    from pipeline.errors import DscoError
+    from pipeline.images import encode_png
+    from pipeline.tarfiles import build_tar
+
+    data = tmp_path / "input"
+    data.mkdir()
+    for shard, keys in (("000000.tar", ["a", "b"]), ("000001.tar", ["b", "c"])):
+        (data / shard).write_bytes(build_tar(
+            [m for i, key in enumerate(keys)
+             for m in ((f"{key}.png", encode_png(np.full((8, 8, 1), 40 * i, np.uint8))),
+                       (f"{key}.cls", str(i).encode()))]))
+    out = tmp_path / "embeddings"
+    with pytest.raises(DscoError, match="has the sample key 'b' more than once"):
+        embed_with_ray_data(str(data), "webdataset", list_input(str(data), "webdataset"),
+                            DopingConfig(encoder="random_conv"), 0, str(out), use_gpus=False,
+                            actors=1)
+    assert not (out / "meta.json").exists()
