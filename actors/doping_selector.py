@@ -1,6 +1,7 @@
 """DopingSelector: holds the real dataset and its embeddings; serves references and doping."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import ray
@@ -24,6 +25,10 @@ class DopingSelector:
                  cache_url: str, listing: list[InputFile], embeddings_url: str | None = None):
         self.args = (input_url, layout, cfg, seed, cache_url, listing, embeddings_url)
         self.stage: RealDataStage | None = None
+        if not ray.get_gpu_ids():
+            # Ray leaves an actor without GPUs every GPU of its node, and FAISS would put its
+            # indexes on all of them: on a GPU head, in the memory of the NoiseOptimizers there
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     def prepare(self) -> dict:
         """Read and embed the dataset (or open the embed stage's output, ``embeddings_url``);

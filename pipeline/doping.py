@@ -25,7 +25,8 @@ PAIRWISE_BLOCK_FLOATS = 2 ** 25  # 128 MB of float32 differences at a time
 
 
 def build_index(vectors: np.ndarray, exact_max: int) -> faiss.Index:
-    """Exact L2 index for small sets, HNSW above ``exact_max``; on GPU when one is present."""
+    """Exact L2 index for small sets, HNSW above ``exact_max``; on GPU when the process sees
+    one (the DopingSelector, which holds none, hides its node's)."""
     dim = vectors.shape[1]
     if len(vectors) <= exact_max:
         index = faiss.IndexFlatL2(dim)

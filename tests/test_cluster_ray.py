@@ -115,3 +115,20 @@ def test_a_node_that_leaves_loses_no_work_and_one_that_joins_gets_some(
     shards = [[s["name"], s["sha256"]] for s in read_index(disturbed.run_url)["shards"]]
     assert shards == [[s["name"], s["sha256"]]
                       for s in read_index(undisturbed.run_url)["shards"]]
+
+
+def test_the_doping_selector_hides_the_gpus_of_its_node_from_faiss(fresh_cluster):
+    # Ray leaves an actor that holds no GPU every GPU its node's environment names (a GPU
+    # head); the selector must not put FAISS indexes in the NoiseOptimizers' memory there
+    import os
+
+    from actors.doping_selector import DopingSelector
+
+    fresh_cluster.add_node(num_cpus=1, num_gpus=2)
+    ray.init(address=fresh_cluster.address)
+    selector = DopingSelector.options(
+        runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": "0,1"}}).remote(
+        "unused", "webdataset", None, 0, "unused", [])
+    seen = ray.get(selector.__ray_call__.remote(
+        lambda self: os.environ.get("CUDA_VISIBLE_DEVICES")), timeout=120)
+    assert seen == ""
