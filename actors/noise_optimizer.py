@@ -9,6 +9,8 @@ from ray.experimental import tqdm_ray
 
 from actors.failures import failed_unit
 from pipeline.config import NoptConfig
+from pipeline.errors import DscoError
+from pipeline.fingerprint import prior_files_difference
 from pipeline.planning import WorkUnit
 from pipeline.samples import UnitOutput
 
@@ -18,13 +20,16 @@ class NoiseOptimizer:
     """Wraps :class:`NoiseOptimizerStage`; uses only the accelerator Ray assigned to it."""
 
     def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
-                 threads: int, class_map: list[int] | None = None, progress: bool = True):
+                 threads: int, class_map: list[int] | None = None, progress: bool = True,
+                 prior_rows: list | None = None):
         # torch and diffusers load here, in the actor's process: the driver that only creates
         # actors never imports them (importing the driver took 9.1 s with them, 1.1 s without)
         import torch
 
         from pipeline.synthesize import NoiseOptimizerStage, assigned_device, torch_device_for
 
+        if prior_rows is not None:
+            check_prior_files(model_path, prior_rows)
         torch.set_num_threads(threads)
         self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         self.assigned_device = assigned_device(self.gpu_ids)
@@ -60,3 +65,15 @@ class NoiseOptimizer:
         return {"unit_id": unit.unit_id, "ok": output.ok, "error": output.error,
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "span": (started, time.time())}, output
+
+
+def check_prior_files(model_path: str, prior_rows: list) -> None:
+    """Refuse a prior on this node other than the one the driver put in the run_id
+    (``prior_rows``): its units would be written under that run_id from other weights."""
+    difference = prior_files_difference(model_path, prior_rows)
+    if difference:
+        raise DscoError(
+            f"the prior at {model_path!r} (model.path) on node "
+            f"{ray.get_runtime_context().get_node_id()} is not the one this run was "
+            f"fingerprinted with: {difference}. Put the same prior on every node (or on a "
+            "shared path) and rerun.")

@@ -27,16 +27,40 @@ def file_version(path: str) -> list:
         return [size, hashlib.sha256(f.read()).hexdigest()]
 
 
-def model_fingerprint(model_dir: str, revision: str, extra_files: list[str] = ()) -> list:
-    """(name, size, sha256-or-mtime) for every file of the model directory and every extra
-    file (pretrained feature-map weights), plus the revision."""
-    rows: list = [["revision", revision]]
+def model_fingerprint(prior_rows: list, revision: str, extra_files: list[str] = ()) -> list:
+    """The model's part of the run_id: the revision, the prior's files (``prior_files``) and
+    every extra file (pretrained feature-map weights) with its size and sha256-or-mtime."""
+    return [["revision", revision], *prior_rows,
+            *([path, *file_version(path)] for path in extra_files)]
+
+
+def prior_files(model_dir: str) -> list:
+    """(name, size, sha256-or-mtime) for every file of the prior's directory."""
+    rows = []
     for root, _, files in sorted(os.walk(model_dir)):
         for name in sorted(files):
             path = os.path.join(root, name)
             rows.append([os.path.relpath(path, model_dir), *file_version(path)])
-    rows += [[path, *file_version(path)] for path in extra_files]
     return rows
+
+
+def prior_files_difference(model_dir: str, expected: list) -> str:
+    """How the prior's files at ``model_dir`` on this node differ from ``expected`` (the
+    driver's ``prior_files``), or ''. Files past ``HASH_CONTENT_LIMIT`` are compared by size:
+    their mtime differs between copies."""
+    here = {name: (size, version) for name, size, version in prior_files(model_dir)}
+    there = {name: (size, version) for name, size, version in expected}
+    for name in sorted(here.keys() | there.keys()):
+        if name not in here:
+            return f"{name} is missing"
+        if name not in there:
+            return f"{name} is there, not on the driver's node"
+        (size, version), (size_there, version_there) = here[name], there[name]
+        if size != size_there:
+            return f"{name} is {size} bytes, {size_there} on the driver's node"
+        if size <= HASH_CONTENT_LIMIT and version != version_there:
+            return f"{name} has other contents than on the driver's node"
+    return ""
 
 
 def without_trailing_slash(url: str) -> str:

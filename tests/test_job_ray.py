@@ -248,6 +248,30 @@ def test_a_prior_the_actors_cannot_load_fails_the_job_instead_of_looping(ray_loc
         run_job(job(tmp_path / "out", prior, digits_dir), progress=False)
 
 
+def test_a_prior_changed_after_the_run_id_was_taken_is_refused_by_the_actors(
+        ray_local, tmp_path, digits_dir, monkeypatch):
+    # retrained into the same folder mid-run, or a stale copy on one node: units written from
+    # it would carry the run_id of other weights
+    import cluster.driver as driver
+
+    prior = make_tiny_prior(tmp_path / "prior")
+    [weights] = (prior / "unet").glob("*.safetensors")
+    fingerprinted = driver.prior_files
+
+    def then_retrain(model_dir):
+        rows = fingerprinted(model_dir)
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1  # same size, other contents
+        weights.write_bytes(bytes(data))
+        return rows
+
+    monkeypatch.setattr(driver, "prior_files", then_retrain)
+    with pytest.raises(JobFailed, match=r"actors in a row died while starting; the last error: "
+                                        r".*unet/diffusion_pytorch_model.safetensors has other "
+                                        "contents than on the driver's node"):
+        run_job(job(tmp_path / "out", prior, digits_dir), progress=False)
+
+
 def test_an_interrupted_run_resumes_with_identical_output(doped_run, tmp_path):
     cfg, result = doped_run
     done = Path(result.run_url)

@@ -3,7 +3,7 @@ import pytest
 from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
 from pipeline.datasets import list_input
-from pipeline.fingerprint import model_fingerprint, run_id
+from pipeline.fingerprint import model_fingerprint, prior_files, run_id
 from pipeline.planning import may_dope
 from tests.conftest import REPO
 
@@ -225,7 +225,7 @@ def test_a_run_made_while_the_trailing_slash_was_in_the_id_is_still_found(tiny_p
     canonical = fingerprint(config(digits_dir / "train"))
     assert fingerprint(slashed) == canonical
     as_spelled = run_id(slashed, list_input(slashed.input.url, "webdataset"),
-                        model_fingerprint(str(tiny_prior), ""), canonical_urls=False)
+                        model_fingerprint(prior_files(str(tiny_prior)), ""), canonical_urls=False)
     assert as_spelled != canonical
     (tmp_path / as_spelled).mkdir()
     (tmp_path / as_spelled / "run_config.json").write_text("{}")  # that run, made before
