@@ -21,15 +21,15 @@ class NoiseOptimizer:
 
     def __init__(self, model_path: str, cfg: NoptConfig, seed: int, class_names: list[str],
                  threads: int, class_map: list[int] | None = None, progress: bool = True,
-                 prior_rows: list | None = None):
+                 prior_digests: list | None = None):
         # torch and diffusers load here, in the actor's process: the driver that only creates
         # actors never imports them (importing the driver took 9.1 s with them, 1.1 s without)
         import torch
 
         from pipeline.synthesize import NoiseOptimizerStage, assigned_device, torch_device_for
 
-        if prior_rows is not None:
-            check_prior_files(model_path, prior_rows)
+        if prior_digests is not None:
+            check_prior_files(model_path, prior_digests)
         torch.set_num_threads(threads)
         self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         self.assigned_device = assigned_device(self.gpu_ids)
@@ -52,11 +52,13 @@ class NoiseOptimizer:
         the unit's output)."""
         started = time.time()
         bar = None
-        if self.progress and self.stage.cfg.iterations and unit.needs_nopt:
+        failed_references = isinstance(references, UnitOutput)
+        if self.progress and self.stage.cfg.iterations and unit.needs_nopt \
+                and not failed_references:
             bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
                                 desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
         try:
-            output = references if isinstance(references, UnitOutput) else \
+            output = references if failed_references else \
                 self.stage.run_unit(unit, references, bar.update if bar else None)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
             output = failed_unit(unit.unit_id, exc)
@@ -67,13 +69,13 @@ class NoiseOptimizer:
                 "span": (started, time.time())}, output
 
 
-def check_prior_files(model_path: str, prior_rows: list) -> None:
-    """Refuse a prior on this node other than the one the driver put in the run_id
-    (``prior_rows``): its units would be written under that run_id from other weights."""
-    difference = prior_files_difference(model_path, prior_rows)
+def check_prior_files(model_path: str, prior_digests: list) -> None:
+    """Refuse a prior on this node other than the one the run started with (the driver's
+    ``prior_digests``): its units would be written under the run_id of other weights."""
+    difference = prior_files_difference(model_path, prior_digests)
     if difference:
         raise DscoError(
             f"the prior at {model_path!r} (model.path) on node "
-            f"{ray.get_runtime_context().get_node_id()} is not the one this run was "
-            f"fingerprinted with: {difference}. Put the same prior on every node (or on a "
-            "shared path) and rerun.")
+            f"{ray.get_runtime_context().get_node_id()} is not the one this run started with: "
+            f"{difference}. Put the same prior on every node (or on a shared path) and rerun; "
+            "a prior changed on purpose makes a new run.")

@@ -25,8 +25,8 @@ from pipeline.datasets import InputFile, list_input, listed_class_names
 from pipeline.errors import DscoError, JobFailed
 from pipeline.lock import LockHeld, LockLost, OutputLock
 from pipeline.cache_names import CACHE, embed_stage_folder, embedding_tag
-from pipeline.fingerprint import model_fingerprint, prior_files, run_id as compute_run_id, \
-    without_trailing_slash
+from pipeline.fingerprint import file_digest, model_fingerprint, prior_files, \
+    run_id as compute_run_id, without_trailing_slash
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
 from pipeline.runs import EMBEDDINGS_TAG, RUN_CONFIG
@@ -53,12 +53,9 @@ def input_listing(cfg: JobConfig) -> list[InputFile]:
     return list_input(cfg.input.url, cfg.input.layout) if cfg.uses_real_data() else []
 
 
-def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None,
-                prior_rows: list | None = None) -> str:
-    """The run_id of ``cfg`` over ``listing`` (listed now when not given) and the model files
-    (the prior's: ``prior_rows``, read now when not given)."""
+def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None) -> str:
+    """The run_id of ``cfg`` over ``listing`` (listed now when not given) and the model files."""
     listing = input_listing(cfg) if listing is None else listing
-    prior_rows = prior_files(cfg.model.path) if prior_rows is None else prior_rows
     weights = pretrained_weights(cfg)
     for path in weights:
         problem = weights_file_problem(path)
@@ -66,7 +63,7 @@ def fingerprint(cfg: JobConfig, listing: list[InputFile] | None = None,
             raise DscoError(f"pretrained weights {path!r} (from pretrained:<path>) {problem}; "
                             "put a readable copy of the file at that path on the driver's node "
                             "and on every node that runs the job.")
-    model_rows = model_fingerprint(prior_rows, cfg.model.revision, weights)
+    model_rows = model_fingerprint(prior_files(cfg.model.path), cfg.model.revision, weights)
     rid = compute_run_id(cfg, listing, model_rows)
     urls = (cfg.input.url, cfg.model.path)
     if all(without_trailing_slash(u) == u for u in urls):
@@ -84,9 +81,9 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
     check_selection_only(cfg, None)
     meta = read_prior_meta(cfg.model.path) if cfg.model.path else None
     listing = input_listing(cfg)
-    # the prior's files as the run_id saw them: every NoiseOptimizer checks its node's copy
-    prior_rows = prior_files(cfg.model.path)
-    rid = fingerprint(cfg, listing, prior_rows)
+    rid = fingerprint(cfg, listing)
+    # the prior as the run starts: every NoiseOptimizer checks its node's copy against it
+    prior_digests = prior_files(cfg.model.path, file_digest)
     run_url = join(cfg.output, rid)
     index = _complete_index(run_url)
     if index and not latest_lags(cfg.output, rid, index):
@@ -103,7 +100,7 @@ def run_job(cfg: JobConfig, address: str | None = None, progress: bool = True) -
         # checked again under the lock: a run that held it may have just finished this one
         if _complete_index(run_url):
             return _up_to_date(rid, run_url)
-        return _run_locked(cfg, address, meta, listing, prior_rows, rid, run_url, started, lock,
+        return _run_locked(cfg, address, meta, listing, prior_digests, rid, run_url, started, lock,
                            progress)
 
 
@@ -138,7 +135,7 @@ def _up_to_date(rid: str, run_url: str) -> JobResult:
 
 
 def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFile],
-                prior_rows: list, rid: str, run_url: str, started: float, lock: OutputLock,
+                prior_digests: list, rid: str, run_url: str, started: float, lock: OutputLock,
                 progress: bool) -> JobResult:
     """The run itself, while this process holds the output's lock."""
     names = listed_class_names(cfg.input.url, cfg.input.layout, listing) if listing else None
@@ -175,7 +172,7 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     ray.get(coordinator.start.remote(plan.num_shards))
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]
-    by_node, spans = _run_units(cfg, todo, coordinator, selector, class_names, prior_rows,
+    by_node, spans = _run_units(cfg, todo, coordinator, selector, class_names, prior_digests,
                                 progress, lock)
     lock.check()
     metrics = ray.get(coordinator.finalize.remote(class_names, started))
@@ -194,7 +191,7 @@ def _get_or_raise_input_error(ref):
 
 
 def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
-               class_names: list[str], prior_rows: list, progress: bool,
+               class_names: list[str], prior_digests: list, progress: bool,
                lock: OutputLock) -> tuple[Counter, dict]:
     """Give units to free actors until all are committed or failed for good; return how many
     units each node optimised, and when each unit was optimised.
@@ -213,7 +210,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     def start_actor(shape):
         return NoiseOptimizer.options(**shape.options()).remote(
             cfg.model.path, cfg.nopt, cfg.seed, class_names, shape.threads, cfg.model.class_map,
-            progress, prior_rows)
+            progress, prior_digests)
 
     pool = OptimizerPool(
         lambda remaining: optimizer_shape(cfg.execution, ray.cluster_resources(), remaining),
@@ -306,7 +303,8 @@ def _require_alive(*io_actors) -> None:
 
 
 def _references(selector, unit: WorkUnit, cfg: JobConfig):
-    """The real reference images for a unit (an object ref), or None in data-free mode."""
+    """The real reference images for a unit (an object ref; it resolves to the failed unit
+    when the DopingSelector cannot read them), or None in data-free mode."""
     if selector is None or cfg.nopt.data_free:
         return None
     return selector.references.remote(unit)

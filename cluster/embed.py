@@ -14,14 +14,15 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
 
 from pipeline.cache_names import EMBED_STAGE_META
 from pipeline.config import DopingConfig
-from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, check_unique_keys,
-                               checked_class_sizes, class_names_of, first_input_samples)
+from pipeline.datasets import (IMAGE_EXTENSIONS, InputFile, checked_class_sizes, class_names_of,
+                               duplicate_key_error, first_input_samples)
 from pipeline.errors import DscoError
 from pipeline.features import FixedEncoder
 from pipeline.images import decode_image
@@ -87,7 +88,7 @@ def _partition_stats(out_url: str, input_url: str) -> tuple[dict[int, int], dict
     fs, root = filesystem(out_url)
     sizes: dict[int, int] = {}
     spans: dict[int, set[str]] = {}
-    keys: list[str] = []
+    keys: list[pa.ChunkedArray] = []
     for path in sorted(fs.find(root)):
         part = next((p for p in path.split("/") if p.startswith("label=")), None)
         if part and path.endswith(".parquet"):
@@ -96,9 +97,20 @@ def _partition_stats(out_url: str, input_url: str) -> tuple[dict[int, int], dict
                 table = pq.read_table(f, columns=["key", "shard"])
             sizes[label] = sizes.get(label, 0) + table.num_rows
             spans.setdefault(label, set()).update(table.column("shard").to_pylist())
-            keys += table.column("key").to_pylist()
-    check_unique_keys(sorted(keys), input_url)
+            keys.append(table.column("key"))
+    _refuse_duplicate_keys(pa.chunked_array([c for k in keys for c in k.chunks], pa.string()),
+                           input_url)
     return sizes, spans
+
+
+def _refuse_duplicate_keys(keys: pa.ChunkedArray, input_url: str) -> None:
+    """Refuse keys the input holds twice, counted in Arrow (a million keys never become Python
+    strings unless one repeats)."""
+    if pc.count_distinct(keys).as_py() == len(keys):
+        return
+    counts = pc.value_counts(keys)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    raise duplicate_key_error(min(repeated.to_pylist()), input_url)
 
 
 def _warn_if_classes_are_spread(spans: dict[int, set[str]], num_shards: int) -> None:
@@ -126,16 +138,23 @@ def _fitted_encoder(fs, root: str, shards: list[str], name: str,
 
 def fit_samples(fs, root: str, shards: list[str]) -> list[tuple[str, int, bytes, str]]:
     """The samples psi's scales are fitted on: about ``FIT_SAMPLES``, the first of each of up
-    to ``FIT_SHARDS`` shards spread evenly over ``shards`` (each read only that far). Shards in
-    class order, the layout the DopingSelector wants, hold one class or two each: the
-    listing's first images would fit the scales to its first classes."""
+    to ``FIT_SHARDS`` shards spread evenly over ``shards`` (each read only that far), topped
+    up from the other shards where those hold fewer. Shards in class order, the layout the
+    DopingSelector wants, hold one class or two each: the listing's first images would fit
+    the scales to its first classes."""
     count = min(FIT_SHARDS, len(shards))
     picked = [shards[i] for i in np.linspace(0, len(shards) - 1, count).round().astype(int)]
     per_shard = -(-FIT_SAMPLES // count)
+    chosen = set(picked)
     samples = []
-    for shard in picked:
+    for shard in picked + [s for s in shards if s not in chosen]:
+        if len(samples) >= FIT_SAMPLES:
+            break
         with fs.open(f"{root}/{shard}", "rb") as stream:
             samples += first_input_samples(stream, shard, per_shard)
+    if not samples:
+        raise DscoError(f"the input {root!r} holds no samples in its {len(shards)} shards; "
+                        "check input.url.")
     return samples
 
 

@@ -221,7 +221,8 @@ def input_samples_in_tar(data: bytes, shard: str) -> list[tuple[str, int, bytes,
 def first_input_samples(stream, shard: str, limit: int) -> list[tuple[str, int, bytes, str]]:
     """The first ``limit`` samples of a WebDataset shard (as ``input_samples_in_tar``), read
     from the open file ``stream`` only as far as they reach. A sample's files are adjacent in
-    a WebDataset shard, as every WebDataset reader assumes."""
+    a WebDataset shard, as every WebDataset reader assumes (a shard where they are not is
+    refused: Ray Data's reader, which the embed stage uses, would split its samples)."""
     out: list[tuple[str, int, bytes, str]] = []
     key, parts = None, {}
     try:
@@ -232,14 +233,32 @@ def first_input_samples(stream, shard: str, limit: int) -> list[tuple[str, int, 
                     continue
                 if named[0] != key:
                     if parts:
-                        out.append(_input_sample(key, parts, shard))
+                        out.append(_streamed_sample(key, parts, shard))
                     if len(out) == limit:
                         return out
+                    if any(named[0] == sample[0] for sample in out):
+                        raise DscoError(f"the files of sample {named[0]!r} are not next to "
+                                        f"each other in input shard {shard!r}; WebDataset "
+                                        "readers (doping.embed: ray_data) need them together: "
+                                        "re-create the shard with each sample's files in a row.")
                     key, parts = named[0], {}
+                if named[1] in parts:
+                    raise DscoError(f"input shard {shard!r} holds {member.name!r} more than "
+                                    "once; re-create it with one copy of each file.")
                 parts[named[1]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise _unreadable(shard, exc) from exc
-    return out + ([_input_sample(key, parts, shard)] if parts else [])
+    return out + ([_streamed_sample(key, parts, shard)] if parts else [])
+
+
+def _streamed_sample(key: str, parts: dict[str, bytes], shard: str) -> tuple[str, int, bytes, str]:
+    """``_input_sample`` for files read in a row: a missing file may only lie further on."""
+    if "cls" not in parts or not any(e in parts for e in IMAGE_EXTENSIONS):
+        raise DscoError(f"sample {key!r} in input shard {shard!r} has only {sorted(parts)} "
+                        "where its files end: a sample needs an image and a .cls file, next to "
+                        "each other (WebDataset readers, doping.embed: ray_data among them, "
+                        "read a sample's files in a row).")
+    return _input_sample(key, parts, shard)
 
 
 def _unreadable(shard: str, exc: Exception) -> DscoError:
@@ -283,14 +302,18 @@ def _ends_early(tar: tarfile.TarFile, data: bytes) -> str:
     return ""
 
 
-def check_unique_keys(keys, url: str) -> None:
-    """Refuse a dataset that holds a sample key twice: which sample a key means is unknown."""
-    seen: set[str] = set()
-    for key in keys:
-        if key in seen:
-            raise DscoError(f"dataset {url!r} has the sample key {key!r} more than once (in two "
-                            "shards, or as two images in one folder); keys must be unique.")
-        seen.add(key)
+def check_unique_keys(keys: list[str], url: str) -> None:
+    """Refuse a dataset that holds a sample key twice (``keys`` sorted): which sample a key
+    means is unknown."""
+    twice = next((a for a, b in zip(keys, keys[1:]) if a == b), None)
+    if twice is not None:
+        raise duplicate_key_error(twice, url)
+
+
+def duplicate_key_error(key: str, url: str) -> DscoError:
+    """The error for a dataset that holds the sample key ``key`` more than once."""
+    return DscoError(f"dataset {url!r} has the sample key {key!r} more than once (in two "
+                     "shards, or as two images in one folder); keys must be unique.")
 
 
 def _decode_all(samples, names, url, files) -> LabelledImages:

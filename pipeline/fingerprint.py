@@ -11,6 +11,7 @@ from pipeline.datasets import InputFile
 from pipeline.planning import may_dope
 
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
+DIGEST_EDGE = 4 * 2 ** 20  # what file_digest hashes of each end of a larger file
 # Settings added after outputs were made are left out of the run_id at the value that gives
 # the output those runs had without them, so those runs keep their ids and are not redone.
 LEGACY_VALUES = {("nopt", "mmd_estimator"): "biased", ("nopt", "init_space"): "latent",
@@ -34,32 +35,48 @@ def model_fingerprint(prior_rows: list, revision: str, extra_files: list[str] = 
             *([path, *file_version(path)] for path in extra_files)]
 
 
-def prior_files(model_dir: str) -> list:
-    """(name, size, sha256-or-mtime) for every file of the prior's directory."""
+def file_digest(path: str) -> list:
+    """[size, sha256] of a file; past ``HASH_CONTENT_LIMIT``, of its first and last
+    ``DIGEST_EDGE`` bytes (weights retrained in place differ there too; an mtime would differ
+    between two copies of the same file)."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= HASH_CONTENT_LIMIT:
+            digest.update(f.read())
+        else:
+            digest.update(f.read(DIGEST_EDGE))
+            f.seek(size - DIGEST_EDGE)
+            digest.update(f.read())
+    return [size, digest.hexdigest()]
+
+
+def prior_files(model_dir: str, version=file_version) -> list:
+    """(name, *``version``) for every file of the prior's directory: size and sha256-or-mtime
+    for the run_id, or ``file_digest`` for ``prior_files_difference``."""
     rows = []
     for root, _, files in sorted(os.walk(model_dir)):
         for name in sorted(files):
             path = os.path.join(root, name)
-            rows.append([os.path.relpath(path, model_dir), *file_version(path)])
+            rows.append([os.path.relpath(path, model_dir), *version(path)])
     return rows
 
 
 def prior_files_difference(model_dir: str, expected: list) -> str:
-    """How the prior's files at ``model_dir`` on this node differ from ``expected`` (the
-    driver's ``prior_files``), or ''. Files past ``HASH_CONTENT_LIMIT`` are compared by size:
-    their mtime differs between copies."""
-    here = {name: (size, version) for name, size, version in prior_files(model_dir)}
-    there = {name: (size, version) for name, size, version in expected}
+    """How the prior's files at ``model_dir`` differ from ``expected`` (``prior_files`` with
+    ``file_digest``, taken by the driver when the run started), or ''."""
+    if expected and not os.path.isdir(model_dir):
+        return "there is no folder there"
+    here = {name: (size, digest) for name, size, digest in prior_files(model_dir, file_digest)}
+    there = {name: (size, digest) for name, size, digest in expected}
     for name in sorted(here.keys() | there.keys()):
         if name not in here:
             return f"{name} is missing"
         if name not in there:
-            return f"{name} is there, not on the driver's node"
-        (size, version), (size_there, version_there) = here[name], there[name]
-        if size != size_there:
-            return f"{name} is {size} bytes, {size_there} on the driver's node"
-        if size <= HASH_CONTENT_LIMIT and version != version_there:
-            return f"{name} has other contents than on the driver's node"
+            return f"{name} is there and was not when the run started"
+        if here[name] != there[name]:
+            return (f"{name} has other contents than when the run started (a copy that "
+                    "differs, or the prior changed in place since)")
     return ""
 
 

@@ -1,9 +1,14 @@
+import os
+import shutil
+
 import pytest
 
 from pipeline.config import NoptConfig, load_config
 from pipeline.errors import DscoError
 from pipeline.datasets import list_input
-from pipeline.fingerprint import model_fingerprint, prior_files, run_id
+import pipeline.fingerprint as fingerprints
+from pipeline.fingerprint import (file_digest, model_fingerprint, prior_files,
+                                  prior_files_difference, run_id)
 from pipeline.planning import may_dope
 from tests.conftest import REPO
 
@@ -233,3 +238,27 @@ def test_a_run_made_while_the_trailing_slash_was_in_the_id_is_still_found(tiny_p
     (tmp_path / canonical).mkdir()
     (tmp_path / canonical / "run_config.json").write_text("{}")
     assert fingerprint(slashed) == canonical  # once a run has the new id, it is the one
+
+
+def test_a_prior_copy_is_checked_by_content_even_past_the_hash_limit(tmp_path, monkeypatch):
+    # the run_id hashes large files by mtime, which differs between copies; the actors' check
+    # hashes both ends of them instead, where weights retrained in place differ too
+    monkeypatch.setattr(fingerprints, "HASH_CONTENT_LIMIT", 64)
+    monkeypatch.setattr(fingerprints, "DIGEST_EDGE", 16)
+    prior = tmp_path / "prior"
+    (prior / "unet").mkdir(parents=True)
+    (prior / "unet" / "weights.bin").write_bytes(bytes(range(100)))
+    (prior / "config.json").write_text("{}")
+    started = prior_files(str(prior), file_digest)
+    assert prior_files_difference(str(prior), started) == ""
+    copy = tmp_path / "copy"
+    shutil.copytree(prior, copy)
+    os.utime(copy / "unet" / "weights.bin", (0, 0))
+    assert prior_files(str(copy)) != prior_files(str(prior))  # the run_id's rows: the mtime
+    assert prior_files_difference(str(copy), started) == ""  # the same prior
+    (copy / "unet" / "weights.bin").write_bytes(bytes([1]) + bytes(range(1, 100)))
+    assert "unet/weights.bin has other contents" in prior_files_difference(str(copy), started)
+    (copy / "unet" / "weights.bin").unlink()
+    assert prior_files_difference(str(copy), started) == "unet/weights.bin is missing"
+    assert prior_files_difference(str(tmp_path / "nowhere"), started) == \
+        "there is no folder there"

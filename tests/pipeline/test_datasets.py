@@ -144,10 +144,19 @@ def test_the_first_samples_of_a_shard_are_read_as_a_stream_only_that_far():
     assert stream.tell() < whole.index(b"s4.png")  # up to the third sample's files, not more
     assert first_input_samples(io.BytesIO(whole), "000000.tar", 99) == \
         input_samples_in_tar(whole, "000000.tar")
-    with pytest.raises(DscoError, match="sample 's1' in shard '000000.tar' needs an image"):
+    with pytest.raises(DscoError, match="sample 's1' in input shard '000000.tar' has only"):
         first_input_samples(io.BytesIO(build_tar(members[:3])), "000000.tar", 5)
     with pytest.raises(DscoError, match="'000000.tar' is not a readable tar"):
         first_input_samples(io.BytesIO(b"garbage" * 100), "000000.tar", 5)
+    apart = build_tar([members[0], members[2], members[3], members[1]])  # s0.png ... s0.cls
+    with pytest.raises(DscoError, match=r"sample 's0' in input shard '000000.tar' has only "
+                                        r"\['png'\] where its files end: .* next to each other"):
+        first_input_samples(io.BytesIO(apart), "000000.tar", 5)
+    again = build_tar(members[:4] + [("s0.json", b"{}")])  # s0 complete, then a file of it
+    with pytest.raises(DscoError, match="files of sample 's0' are not next to each other"):
+        first_input_samples(io.BytesIO(again), "000000.tar", 5)
+    with pytest.raises(DscoError, match="holds 's0.cls' more than once"):
+        first_input_samples(io.BytesIO(build_tar(members[:2] + [members[1]])), "000000.tar", 5)
 
 
 def test_a_16_bit_png_is_scaled_not_clipped():
