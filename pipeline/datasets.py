@@ -225,6 +225,7 @@ def first_input_samples(stream, shard: str, limit: int) -> list[tuple[str, int, 
     refused: Ray Data's reader, which the embed stage uses, would split its samples)."""
     out: list[tuple[str, int, bytes, str]] = []
     key, parts = None, {}
+    finished: set[str] = set()
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
@@ -234,9 +235,10 @@ def first_input_samples(stream, shard: str, limit: int) -> list[tuple[str, int, 
                 if named[0] != key:
                     if parts:
                         out.append(_streamed_sample(key, parts, shard))
+                        finished.add(key)
                     if len(out) == limit:
                         return out
-                    if any(named[0] == sample[0] for sample in out):
+                    if named[0] in finished:
                         raise DscoError(f"the files of sample {named[0]!r} are not next to "
                                         f"each other in input shard {shard!r}; WebDataset "
                                         "readers (doping.embed: ray_data) need them together: "
