@@ -37,6 +37,7 @@ class NoiseOptimizer:
         self.stage = NoiseOptimizerStage(model_path, cfg, seed, class_names, self.device,
                                          class_map)
         self.progress = progress  # a bar per unit (the driver's --quiet turns them off)
+        self._loaded_hardness: tuple = (None, None)  # (url, HardnessNets)
 
     def placement(self) -> dict:
         """Where this actor runs: node, assigned GPU ids, visible devices and torch device."""
@@ -46,20 +47,60 @@ class NoiseOptimizer:
                 "model_device": str(self.stage.backend.device)}
 
     @ray.method(num_returns=2)
-    def run(self, unit: WorkUnit, references):
+    def run(self, unit: WorkUnit, references, hardness_url: str | None = None,
+            first_pass: UnitOutput | None = None):
         """Run NOpt for ``unit`` on ``references`` (label -> real images, None when data-free, or
         the DopingSelector's failed unit, passed on); returns (small status for the driver,
-        the unit's output)."""
+        the unit's output). With ``hardness_url`` (the nets :meth:`train_hardness` saved), the
+        reweighted second pass follows, from ``first_pass`` when given."""
+        def optimise(progress):
+            hardness = self._hardness(hardness_url) if hardness_url else None
+            return self.stage.run_unit(unit, references, progress, hardness, first_pass)
+
+        iterations = self.stage.cfg.iterations if first_pass is None else 0
+        if hardness_url:
+            iterations += self.stage.cfg.reweight_iterations
+        return self._optimised(unit, references, iterations, optimise)
+
+    @ray.method(num_returns=2)
+    def first_pass(self, unit: WorkUnit, references):
+        """NOpt's first pass for ``unit`` (:meth:`run` without hardness, the output carrying
+        each class's optimised noise): what the hardness nets train on."""
+        return self._optimised(unit, references, self.stage.cfg.iterations,
+                               lambda progress: self.stage.first_pass(unit, references, progress))
+
+    def train_hardness(self, url: str, num_classes: int, *first_passes: UnitOutput) -> str:
+        """Train the hardness nets on every unit's first-pass images, on this actor's device,
+        and save them at ``url`` (so a resumed run reuses them); returns ``url``."""
+        from pipeline.hardness import synthetic_set, train_hardness_nets
+        from pipeline.storage import write_bytes
+
+        images, labels = synthetic_set(list(first_passes))
+        write_bytes(url, train_hardness_nets(images, labels, num_classes, self.stage.seed,
+                                             self.device))
+        return url
+
+    def _hardness(self, url: str):
+        """The hardness nets saved at ``url``, loaded once per actor."""
+        from pipeline.hardness import HardnessNets
+        from pipeline.storage import read_bytes
+
+        if self._loaded_hardness[0] != url:
+            self._loaded_hardness = (url, HardnessNets(read_bytes(url), self.device))
+        return self._loaded_hardness[1]
+
+    def _optimised(self, unit: WorkUnit, references, iterations: int, optimise):
+        """(status, output) of ``optimise(progress callback)`` on ``unit``, with a progress bar
+        over its ``iterations``; a failure comes back as the failed unit."""
         started = time.time()
         bar = None
         failed_references = isinstance(references, UnitOutput)
-        if self.progress and self.stage.cfg.iterations and unit.needs_nopt \
-                and not failed_references:
-            bar = tqdm_ray.tqdm(total=self.stage.cfg.iterations,
+        if self.progress and iterations and unit.needs_nopt and not failed_references:
+            bar = tqdm_ray.tqdm(total=iterations,
                                 desc=f"NOpt unit {unit.unit_id} (classes {unit.labels})")
         try:
             output = references if failed_references else \
-                self.stage.run_unit(unit, references, bar.update if bar else None)
+                optimise(bar.update if bar else None)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which retries
             output = failed_unit(unit.unit_id, exc)
         if bar is not None:

@@ -32,6 +32,7 @@ from benchmarks.quality import ARCHS, METHODS, SIZE_HELP, BenchSettings, Cell, b
 from pipeline.config import JobConfig
 from pipeline.datasets import read_dataset
 from pipeline.errors import DscoError
+from pipeline.fingerprint import drop_idle_second_pass
 from pipeline.reader import load_run_images
 from pipeline.storage import join, read_json, write_json
 
@@ -82,6 +83,7 @@ def draw_config(cfg: JobConfig) -> dict:
     settings = cfg.to_dict()
     settings.pop("seed")
     settings.pop("output")
+    drop_idle_second_pass(cfg, settings)
     return json.loads(json.dumps(settings))  # the form it has when read back from the json
 
 

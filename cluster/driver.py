@@ -29,7 +29,7 @@ from pipeline.fingerprint import file_digest, model_fingerprint, prior_files, \
     run_id as compute_run_id, without_trailing_slash
 from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
-from pipeline.runs import EMBEDDINGS_TAG, RUN_CONFIG
+from pipeline.runs import EMBEDDINGS_TAG, HARDNESS_NETS, RUN_CONFIG
 from pipeline.samples import real_only_output
 from pipeline.storage import exists, join, read_json
 from pipeline.writer import latest_lags, point_latest_at
@@ -173,7 +173,8 @@ def _run_locked(cfg: JobConfig, address: str | None, meta, listing: list[InputFi
     done = ray.get(coordinator.committed_units.remote())
     todo = [u for u in plan.units if u.unit_id not in done]
     by_node, spans = _run_units(cfg, todo, coordinator, selector, class_names, prior_digests,
-                                progress, lock)
+                                progress, lock, _Hardness(join(run_url, HARDNESS_NETS),
+                                                          plan.units))
     lock.check()
     metrics = ray.get(coordinator.finalize.remote(class_names, started))
     return JobResult(rid, run_url, "complete", metrics, dict(by_node), spans)
@@ -190,9 +191,18 @@ def _get_or_raise_input_error(ref):
         raise
 
 
+@dataclass
+class _Hardness:
+    """Where the run's hardness nets are saved, and every unit of its plan (the nets train
+    on the first pass of all, committed or not)."""
+
+    url: str
+    plan_units: list[WorkUnit]
+
+
 def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
                class_names: list[str], prior_digests: list, progress: bool,
-               lock: OutputLock) -> tuple[Counter, dict]:
+               lock: OutputLock, hardness: _Hardness) -> tuple[Counter, dict]:
     """Give units to free actors until all are committed or failed for good; return how many
     units each node optimised, and when each unit was optimised.
 
@@ -200,7 +210,10 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
     DopingSelector runs its calls in submission order, so a ``dope`` queued on an output still
     being optimised would hold back every later unit's ``references``, and with them all NOpt.
     Units whose classes are all real skip the NoiseOptimizers (a job of only such units starts
-    none); they are doped once every NOpt unit has its references queued.
+    none); they are doped once every NOpt unit has its references queued. With
+    ``nopt.reweight_beta`` the hardness nets are trained first (:func:`_train_hardness`),
+    unless ``hardness.url`` holds them from an earlier attempt, and every NOpt unit then
+    runs its second pass before it is written.
     """
     by_node: Counter = Counter()
     spans: dict[int, tuple[float, float]] = {}
@@ -232,12 +245,21 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
         writing[coordinator.write_unit.remote(unit, output)] = unit
 
     try:
+        first_passes, hardness_url = {}, None
+        if cfg.nopt.reweights and pending:
+            if not exists(hardness.url):
+                first_passes = _train_hardness(cfg, hardness, pool, selector, len(class_names),
+                                               lock, progress)
+            hardness_url = hardness.url
         while pending or real_only or running or writing:
             lock.check()
             pool.top_up(len(pending) + len(running))
             while pool.has_idle() and pending:
                 actor, unit = pool.lend(), pending.popleft()
-                status, output = actor.run.remote(unit, _references(selector, unit, cfg))
+                # a retry runs its first pass again: the kept one may have died with a node
+                status, output = actor.run.remote(unit, _references(selector, unit, cfg),
+                                                  hardness_url,
+                                                  first_passes.pop(unit.unit_id, None))
                 running[status] = (actor, unit, output)
             while real_only and not pending:
                 unit = real_only.popleft()
@@ -290,6 +312,60 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
                         f"{cfg.execution.max_retries} retries: {details}. Committed units are "
                         "kept; rerun the same command to resume.")
     return by_node, spans
+
+
+def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, selector,
+                    num_classes: int, lock: OutputLock, progress: bool) -> dict:
+    """NOpt's first pass for every NOpt unit of the plan, then the hardness nets trained on
+    all their synthetic images (on an idle NoiseOptimizer, whose device is free meanwhile)
+    and saved at ``hardness.url``. Returns unit id -> first-pass output ref, from which the
+    second pass continues."""
+    units = [u for u in hardness.plan_units if u.needs_nopt]
+    pending, running = deque(units), {}
+    outputs: dict = {}
+    attempts: Counter = Counter()
+    bar = tqdm(total=len(units), desc="first pass (hardness)", unit="unit",
+               disable=not progress)
+    try:
+        while pending or running:
+            lock.check()
+            pool.top_up(len(pending) + len(running))
+            while pool.has_idle() and pending:
+                actor, unit = pool.lend(), pending.popleft()
+                status, output = actor.first_pass.remote(unit, _references(selector, unit, cfg))
+                running[status] = (actor, unit, output)
+            ready, _ = ray.wait(list(running) + pool.starting_refs(), num_returns=1,
+                                timeout=pool.refresh_s)
+            if not ready or pool.on_ready(ready[0]):
+                continue
+            actor, unit, output = running.pop(ready[0])
+            try:
+                error = ray.get(ready[0])["error"]
+                pool.give_back(actor)
+            except RayActorError as exc:
+                pool.drop()
+                error = f"{type(exc).__name__}: {exc}"
+            if error is None:
+                outputs[unit.unit_id] = output
+                bar.update(1)
+                continue
+            attempts[unit.unit_id] += 1
+            if attempts[unit.unit_id] > cfg.execution.max_retries:
+                raise JobFailed(f"the first pass of unit {unit.unit_id} failed after "
+                                f"{cfg.execution.max_retries} retries: "
+                                f"{error.splitlines()[0].rstrip('.')}. Rerun the same command "
+                                "to resume.")
+            pending.append(unit)
+    finally:
+        bar.close()
+    trainer = pool.lend()
+    try:
+        ray.get(trainer.train_hardness.remote(hardness.url, num_classes, *outputs.values()))
+    except RayActorError as exc:
+        raise JobFailed(f"the actor training the hardness nets died ({type(exc).__name__}); "
+                        "rerun the same command to resume.") from None
+    pool.give_back(trainer)
+    return outputs
 
 
 def _require_alive(*io_actors) -> None:

@@ -87,6 +87,14 @@ class NoptConfig:
     batch_size: int = 256  # real minibatch per iteration
     reference_multiplier: int = 8  # data-free: M = multiplier * N model samples per class
     checkpointing: bool = True
+    # NOpt's second pass (docs/method.md, "Reweighting the target toward the set's own
+    # errors"): once every class is optimised, the evaluation ConvNet and MLP are trained on
+    # the whole synthetic set, each real reference is weighted by exp(beta * z), z its
+    # class-standardised log cross-entropy under them, and every class runs
+    # reweight_iterations more iterations against the weighted target. 0 turns it off; runs
+    # without real references (data-free, T = 0) never do it
+    reweight_beta: float = 0.0
+    reweight_iterations: int = 50
 
     @property
     def unbiased_mmd(self) -> bool:
@@ -98,6 +106,12 @@ class NoptConfig:
         """Whether NOpt starts from inverted herded references (so ``init_space`` matters):
         not for the noise start, nor for T = 0, which samples plain noise."""
         return self.init != "noise" and self.iterations > 0
+
+    @property
+    def reweights(self) -> bool:
+        """Whether NOpt runs its second, reweighted pass (on real references only)."""
+        return self.reweight_beta > 0 and self.reweight_iterations > 0 \
+            and self.iterations > 0 and not self.data_free
 
     @property
     def first_sampler_step(self) -> int:
@@ -358,6 +372,10 @@ def validate(cfg: JobConfig) -> None:
     _require(nopt.batch_size >= 1, f"nopt.batch_size must be >= 1, got {nopt.batch_size}.")
     _require(nopt.reference_multiplier >= 1, "nopt.reference_multiplier must be >= 1, got "
              f"{nopt.reference_multiplier}.")
+    _require(nopt.reweight_beta >= 0, f"nopt.reweight_beta must be >= 0 (0 turns the "
+             f"reweighted second pass off), got {nopt.reweight_beta}.")
+    _require(nopt.reweight_iterations >= 0, f"nopt.reweight_iterations must be >= 0, got "
+             f"{nopt.reweight_iterations}.")
     check_feature_map(nopt.feature_map, "nopt.feature_map")
     check_encoder(cfg.doping.encoder)
     _require(cfg.doping.embed in ("memory", "ray_data"), f"doping.embed "

@@ -69,13 +69,16 @@ def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
-                     arch: str = "convnet", recipe: TrainRecipe = TrainRecipe()) -> nn.Module:
-    """Train a fresh ``arch`` network on (uint8 images [N, H, W, C], labels) only."""
+                     arch: str = "convnet", recipe: TrainRecipe = TrainRecipe(),
+                     device: str = "cpu") -> nn.Module:
+    """Train a fresh ``arch`` network on (uint8 images [N, H, W, C], labels) only, on
+    ``device`` (the returned network stays there)."""
     torch.manual_seed(derive_seed(seed, "classifier", arch))
     gen = torch.Generator().manual_seed(derive_seed(seed, "classifier-batches"))
-    x = to_model_space(images)
-    y = torch.tensor(np.asarray(labels), dtype=torch.int64)  # a copy: Ray hands read-only arrays
-    model = ARCHITECTURES[arch](x.shape[1], num_classes, x.shape[2])
+    x = to_model_space(images).to(device)
+    # a copy: Ray hands read-only arrays
+    y = torch.tensor(np.asarray(labels), dtype=torch.int64, device=device)
+    model = ARCHITECTURES[arch](x.shape[1], num_classes, x.shape[2]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
                             weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
@@ -86,7 +89,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
         for start in range(0, len(x), recipe.batch_size):
             if step == recipe.steps:
                 break
-            idx = order[start:start + recipe.batch_size]
+            idx = order[start:start + recipe.batch_size].to(device)
             loss = F.cross_entropy(model(_augment(x[idx], recipe.augment_shift, gen)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -80,6 +80,14 @@ def prior_files_difference(model_dir: str, expected: list) -> str:
     return ""
 
 
+def drop_idle_second_pass(cfg: JobConfig, settings: dict) -> None:
+    """Take NOpt's second-pass settings out of ``settings`` (``cfg.to_dict()``) where the pass
+    does not run: added after runs were made, they keep those runs' ids (and config records)."""
+    if not cfg.nopt.reweights:
+        settings["nopt"].pop("reweight_beta")
+        settings["nopt"].pop("reweight_iterations")
+
+
 def without_trailing_slash(url: str) -> str:
     """``url`` without trailing slashes, except where they are all it has past the scheme
     (``/``, ``s3://``)."""
@@ -107,6 +115,7 @@ def run_id(cfg: JobConfig, listing: list[InputFile], model_rows: list,
         settings["nopt"].pop("init_space", None)
         settings["nopt"].pop("start_fit_steps", None)
         settings["nopt"].pop("start_fraction", None)
+    drop_idle_second_pass(cfg, settings)
     # how work is spread over actors does not change what is written; the grouping does, and
     # so does NOpt's CPU thread count where it runs on CPUs (torch's reductions, so the last
     # bits of every image); left out at 1, the count every run had before it was hashed

@@ -33,9 +33,11 @@ class ClassResult:
     images: torch.Tensor  # [N, C, H, W] in [-1, 1], clamped
     loss_history: list[float]
     final_loss: float
+    noise: torch.Tensor  # the optimised z the images were sampled from (a second pass starts there)
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+def mmd2(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
+         y_weights: torch.Tensor | None = None) -> torch.Tensor:
     """MMD^2 between rows of x and y, Gaussian kernels at median-heuristic x {0.5,1,2}.
 
     The median is taken over all pairwise squared distances of the pooled set, detached, so
@@ -43,6 +45,8 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tens
     averages each set's within-set kernel over its distinct pairs (i != j) instead of all N^2
     (which weighs the pairs that push a set's points apart by (N - 1) / N); a set of one point
     has no distinct pair and keeps the biased term, which has the same gradient.
+    ``y_weights`` (positive, one per row of y) makes y's side a weighted distribution: its
+    terms average over y's rows (and pairs) with those weights instead of uniformly.
     """
     both = torch.cat([x, y])
     d2 = torch.cdist(both, both).pow(2)
@@ -51,9 +55,12 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False) -> torch.Tens
     median = off_diag.median().clamp_min(1e-8) if n > 1 else torch.tensor(1.0)
     kernel = sum(torch.exp(-d2 / (s * median)) for s in BANDWIDTH_SCALES)
     nx = len(x)
-    within = _within_set_mean(kernel[:nx, :nx], unbiased) + \
-        _within_set_mean(kernel[nx:, nx:], unbiased)
-    return within - 2 * kernel[:nx, nx:].mean()
+    if y_weights is None:
+        return _within_set_mean(kernel[:nx, :nx], unbiased) + \
+            _within_set_mean(kernel[nx:, nx:], unbiased) - 2 * kernel[:nx, nx:].mean()
+    return _within_set_mean(kernel[:nx, :nx], unbiased) + \
+        _weighted_within_mean(kernel[nx:, nx:], unbiased, y_weights) - \
+        2 * (kernel[:nx, nx:] @ y_weights).mean() / y_weights.sum()
 
 
 def _within_set_mean(kernel: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -62,6 +69,15 @@ def _within_set_mean(kernel: torch.Tensor, unbiased: bool) -> torch.Tensor:
     if not unbiased or m < 2:
         return kernel.mean()
     return (kernel.sum() - kernel.diagonal().sum()) / (m * (m - 1))
+
+
+def _weighted_within_mean(kernel: torch.Tensor, unbiased: bool,
+                          weights: torch.Tensor) -> torch.Tensor:
+    """:func:`_within_set_mean` with pair (i, j) weighted by weights[i] * weights[j]."""
+    pairs = weights[:, None] * weights[None]
+    if unbiased and len(kernel) > 1:
+        pairs = pairs * (1 - torch.eye(len(kernel), device=pairs.device, dtype=pairs.dtype))
+    return (kernel * pairs).sum() / pairs.sum()
 
 
 def shell_penalty(z: torch.Tensor) -> torch.Tensor:
@@ -213,13 +229,49 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     starts = {c: start_and_targets(backend, seed, c, counts[c], refs[c], cfg,
                                    conditioning.get(c, c)) for c in labels_order}
     z = torch.cat([starts[c][0] for c in labels_order])
-    labels = torch.cat([torch.full((counts[c],), conditioning.get(c, c), dtype=torch.long)
-                        for c in labels_order])
-    labels = labels.to(backend.device)
+    labels = _condition_labels(labels_order, counts, conditioning, backend.device)
     slices = _class_slices(labels_order, counts)
     if cfg.start_fit_steps:  # a noise start has no targets: fit_start leaves it as it is
         z = fit_start(backend, z, labels, {c: starts[c][1] for c in labels_order}, slices, cfg)
-    z.requires_grad_(cfg.iterations > 0)
+    z, history = _descend(backend, z, labels, slices, refs, cfg, seed,
+                          range(cfg.iterations), on_iteration)
+    return _class_results(backend, z, labels, slices, refs, history, cfg, seed)
+
+
+def refine_classes(backend: DiffusionBackend, noise: dict[int, torch.Tensor],
+                   references: dict[int, torch.Tensor], weights: dict[int, torch.Tensor],
+                   cfg: NoptConfig, seed: int, on_iteration: Callable[[], None] | None = None,
+                   conditioning: dict[int, int] | None = None) -> list[ClassResult]:
+    """NOpt's second pass: ``cfg.reweight_iterations`` more iterations (a fresh Adam) from
+    each class's optimised ``noise``, against its references weighted by ``weights`` (label
+    -> one positive weight per reference image; see ``pipeline.hardness``). Iterations are
+    numbered on from T, so their minibatches and feature draws are new ones. The results'
+    loss histories hold this pass only; their final loss is against the unweighted R_c."""
+    if not noise:
+        return []
+    labels_order = sorted(noise)
+    conditioning = conditioning or {}
+    counts = {c: len(noise[c]) for c in labels_order}
+    refs = {c: references[c].to(backend.device) for c in labels_order}
+    z = torch.cat([noise[c].to(backend.device) for c in labels_order])
+    labels = _condition_labels(labels_order, counts, conditioning, backend.device)
+    slices = _class_slices(labels_order, counts)
+    iterations = range(cfg.iterations, cfg.iterations + cfg.reweight_iterations)
+    z, history = _descend(backend, z, labels, slices, refs, cfg, seed, iterations,
+                          on_iteration, {c: w.to(backend.device) for c, w in weights.items()})
+    return _class_results(backend, z, labels, slices, refs, history, cfg, seed)
+
+
+def _descend(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor,
+             slices: dict[int, slice], refs: dict[int, torch.Tensor], cfg: NoptConfig,
+             seed: int, iterations: range, on_iteration: Callable[[], None] | None,
+             weights: dict[int, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[int, list[float]]]:
+    """Adam on ``z`` over ``iterations`` (their numbers seed the minibatches and feature
+    draws); returns the final z and each class's MMD^2 per iteration. ``weights`` (label ->
+    per-reference weights) tilts each class's target toward its heavier references."""
+    labels_order = list(slices)
+    z = z.detach().clone().requires_grad_(len(iterations) > 0)
     features = FeatureMap(cfg.feature_map, backend.image_shape[0], encode=backend.encode)
     # a fixed feature map sees the same references every iteration: embed them once
     ref_blocks = {c: blocks_in_batches(features.draw(device=backend.device), refs[c])
@@ -229,19 +281,21 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
     prior_weight = cfg.prior_weight if first_step == 0 else 0.0
     optimizer = torch.optim.Adam([z], lr=cfg.learning_rate)
     history: dict[int, list[float]] = {c: [] for c in labels_order}
-    for it in range(cfg.iterations):
+    for it in iterations:
         fake = ddim_sample(backend, z, labels, cfg.ddim_steps, cfg.guidance,
                            use_checkpointing=cfg.checkpointing, first_step=first_step)
         loss = torch.zeros((), device=backend.device)
         for c in labels_order:
             pick = torch.randperm(len(refs[c]), generator=generator(seed, "batch", c, it))
+            batch = pick[:cfg.batch_size]
             phi = features.draw(seed, c, it, device=backend.device)
             if features.fixed:
-                real_blocks = [b[pick[:cfg.batch_size].to(b.device)] for b in ref_blocks[c]]
+                real_blocks = [b[batch.to(b.device)] for b in ref_blocks[c]]
             else:
                 with torch.no_grad():
-                    real_blocks = phi(refs[c][pick[:cfg.batch_size]])
-            match = sum(mmd2(f, r, cfg.unbiased_mmd)
+                    real_blocks = phi(refs[c][batch])
+            batch_weights = None if weights is None else weights[c][batch.to(weights[c].device)]
+            match = sum(mmd2(f, r, cfg.unbiased_mmd, batch_weights)
                         for f, r in zip(phi(fake[slices[c]]), real_blocks))
             loss = loss + match + prior_weight * shell_penalty(z[slices[c]])
             history[c].append(float(match.detach()))
@@ -250,10 +304,25 @@ def optimize_classes(backend: DiffusionBackend, counts: dict[int, int],
         optimizer.step()
         if on_iteration is not None:
             on_iteration()
-    images = sample_images(backend, z.detach(), labels, cfg, first_step=first_step)
-    return [ClassResult(c, images[slices[c]], history[c],
-                        final_match(images[slices[c]], refs[c], cfg, seed, c, backend.encode))
-            for c in labels_order]
+    return z.detach(), history
+
+
+def _class_results(backend: DiffusionBackend, z: torch.Tensor, labels: torch.Tensor,
+                   slices: dict[int, slice], refs: dict[int, torch.Tensor],
+                   history: dict[int, list[float]], cfg: NoptConfig,
+                   seed: int) -> list[ClassResult]:
+    """Sample the final images from ``z`` and score each class against its whole R_c."""
+    images = sample_images(backend, z, labels, cfg, first_step=cfg.first_sampler_step)
+    return [ClassResult(c, images[s], history[c],
+                        final_match(images[s], refs[c], cfg, seed, c, backend.encode), z[s])
+            for c, s in slices.items()]
+
+
+def _condition_labels(labels_order: list[int], counts: dict[int, int],
+                      conditioning: dict[int, int], device) -> torch.Tensor:
+    """The prior class each of the batch's rows is generated as, class by class."""
+    return torch.cat([torch.full((counts[c],), conditioning.get(c, c), dtype=torch.long)
+                      for c in labels_order]).to(device)
 
 
 def _class_slices(labels_order: list[int], counts: dict[int, int]) -> dict[int, slice]:

@@ -15,6 +15,8 @@ NOT_RUNS = (CACHE,)
 DAMAGED = "damaged"
 # in run_config.json: the tag of the cache entries a run reads (None: it reads no real data)
 EMBEDDINGS_TAG = "embeddings_tag"
+# NOpt's second pass: the classifiers its weights come from, saved so a resumed run reuses them
+HARDNESS_NETS = "hardness_nets.pt"
 GC_LEASE_S = 60.0
 
 

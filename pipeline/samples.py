@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -42,6 +44,9 @@ class UnitOutput:
     samples: list[Sample] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)  # class label (str) -> numbers
     error: str | None = None
+    # a first pass's optimised noise per class (label -> z), which the second pass starts
+    # from; never written
+    noise: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

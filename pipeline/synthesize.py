@@ -11,7 +11,8 @@ from pipeline.config import NoptConfig
 from pipeline.errors import DscoError
 from pipeline.images import encode_png
 from pipeline.tensors import to_model_space, to_uint8
-from pipeline.nopt import data_free_reference, optimize_classes
+from pipeline.hardness import HardnessNets
+from pipeline.nopt import ClassResult, data_free_reference, optimize_classes, refine_classes
 from pipeline.planning import WorkUnit
 from pipeline.prior import load_prior
 from pipeline.samples import Sample, UnitOutput, not_optimised_metrics, synthetic_key
@@ -29,15 +30,56 @@ class NoiseOptimizerStage:
         self.class_map = class_map
 
     def run_unit(self, unit: WorkUnit, references: dict[int, np.ndarray] | None,
-                 on_iteration: Callable[[], None] | None = None) -> UnitOutput:
+                 on_iteration: Callable[[], None] | None = None,
+                 hardness: HardnessNets | None = None,
+                 first_pass: UnitOutput | None = None) -> UnitOutput:
         """Optimise each class of ``unit``; ``references`` maps label -> real uint8 images
-        (None in data-free mode, where the model's own samples are the reference)."""
-        out = UnitOutput(unit.unit_id)
+        (None in data-free mode, where the model's own samples are the reference).
+
+        With ``hardness`` (NOpt's second pass, ``nopt.reweight_beta``), the classes then run
+        ``reweight_iterations`` more iterations against their references weighted by it,
+        from ``first_pass`` (this unit's :meth:`first_pass` output) when given, else from a
+        first pass run here (the same: it is deterministic)."""
+        if hardness is None:
+            return self._output(unit, self._optimise(unit, references, on_iteration))
+        first = first_pass or self.first_pass(unit, references, on_iteration)
+        refs = {c: self._reference(c, len(z), references) for c, z in first.noise.items()}
+        weights = {c: hardness.weights(references[c], c, self.cfg.reweight_beta)
+                   for c in first.noise}
+        second = refine_classes(self.backend, {c: torch.from_numpy(z)
+                                               for c, z in first.noise.items()},
+                                refs, weights, self.cfg, self.seed, on_iteration,
+                                self._conditioning(first.noise))
+        out = self._output(unit, {r.label: r for r in second})
+        for label in first.noise:  # the loss history runs on through both passes
+            history = out.metrics[str(label)]["loss_history"]
+            history[:0] = first.metrics[str(label)]["loss_history"]
+        return out
+
+    def first_pass(self, unit: WorkUnit, references: dict[int, np.ndarray],
+                   on_iteration: Callable[[], None] | None = None) -> UnitOutput:
+        """NOpt for ``unit`` as :meth:`run_unit` without hardness, its output also carrying each
+        class's optimised noise, from which the second pass continues."""
+        results = self._optimise(unit, references, on_iteration)
+        out = self._output(unit, results)
+        out.noise = {c: r.noise.cpu().numpy() for c, r in results.items()}
+        return out
+
+    def _optimise(self, unit: WorkUnit, references: dict[int, np.ndarray] | None,
+                  on_iteration: Callable[[], None] | None) -> dict[int, ClassResult]:
+        """NOpt for the classes of ``unit`` that have synthetic images: label -> result."""
         counts = {b.label: b.synthetic for b in unit.budgets if b.synthetic > 0}
         refs = {c: self._reference(c, n, references) for c, n in counts.items()}
-        conditioning = {c: prior_class(self.class_map, c) for c in counts}
-        results = {r.label: r for r in optimize_classes(self.backend, counts, refs, self.cfg,
-                                                        self.seed, on_iteration, conditioning)}
+        return {r.label: r for r in optimize_classes(self.backend, counts, refs, self.cfg,
+                                                     self.seed, on_iteration,
+                                                     self._conditioning(counts))}
+
+    def _conditioning(self, labels) -> dict[int, int]:
+        return {c: prior_class(self.class_map, c) for c in labels}
+
+    def _output(self, unit: WorkUnit, results: dict[int, ClassResult]) -> UnitOutput:
+        """The unit's synthetic samples (PNG) and per-class metrics."""
+        out = UnitOutput(unit.unit_id)
         for budget in unit.budgets:
             result = results.get(budget.label)
             if result is None:

@@ -277,22 +277,65 @@ def test_an_interrupted_run_resumes_with_identical_output(doped_run, tmp_path):
     cfg, result = doped_run
     done = Path(result.run_url)
     crashed = tmp_path / done.name
+    index = crashed_before_committing_unit_1(done, crashed)
+    resumed = run_job(load_config(None, [f"output={tmp_path}", *_args(cfg)]), progress=False)
+    assert resumed.run_id == result.run_id and resumed.status == "complete"
+    assert_same_units(done, crashed)
+    assert after_generation(crashed) == index["generation"] + 2  # unit 1 again, then complete
+
+
+def crashed_before_committing_unit_1(done: Path, crashed: Path) -> dict:
+    """Copy the complete run ``done`` to ``crashed`` as if its driver died after unit 1's
+    tar was written but before its commit; returns the index left there."""
     shutil.copytree(done, crashed)
-    # As if the driver died after unit 1's tar was written but before its commit:
     index = json.loads((crashed / "index.json").read_text())
     lost = set(index["units"].pop("1")["shards"])
     index["shards"] = [s for s in index["shards"] if s["name"] not in lost]
     index["complete"] = False
     (crashed / "index.json").write_text(json.dumps(index))
     (crashed / "samples.parquet").unlink()
-    resumed = run_job(load_config(None, [f"output={tmp_path}", *_args(cfg)]), progress=False)
-    assert resumed.run_id == result.run_id and resumed.status == "complete"
+    return index
+
+
+def assert_same_units(done: Path, resumed: Path) -> None:
+    """The two runs' indexes list the same shards (same checksums) and unit metrics."""
     strip = ("generation", "updated")
     before = {k: v for k, v in read_index(str(done)).items() if k not in strip}
-    after = {k: v for k, v in read_index(str(crashed)).items() if k not in strip}
+    after = {k: v for k, v in read_index(str(resumed)).items() if k not in strip}
     assert after["shards"] == before["shards"]
     assert after["units"] == before["units"]
-    assert after_generation(crashed) == index["generation"] + 2  # unit 1 again, then complete
+
+
+def test_the_reweighted_second_pass_runs_for_every_unit_and_resumes_identically(
+        ray_local, tiny_prior, digits_dir, tmp_path):
+    reweighted = ["nopt.reweight_beta=0.5", "nopt.reweight_iterations=2"]
+    result = run_job(job(tmp_path / "out", tiny_prior, digits_dir, *reweighted), progress=False)
+    done = Path(result.run_url)
+    assert (done / "hardness_nets.pt").is_file()
+    units = read_index(str(done))["units"]
+    assert len(units) == 4
+    for unit in units.values():  # T = 2 iterations, then the second pass's 2
+        assert all(len(m["loss_history"]) == 4 for m in unit["metrics"].values())
+    plain = run_job(job(tmp_path / "plain", tiny_prior, digits_dir), progress=False)
+    assert plain.run_id != result.run_id
+    synthetic = {k: v for k, v in shard_contents(done).items() if "_syn_" in k}
+    plain_synthetic = {k: v for k, v in shard_contents(Path(plain.run_url)).items()
+                       if "_syn_" in k}
+    assert synthetic.keys() == plain_synthetic.keys()
+    assert all(synthetic[k]["png"] != plain_synthetic[k]["png"] for k in synthetic)
+    # resumed with the saved nets (unit 1 runs both passes), and without them (the first
+    # pass runs again for every unit and the nets are trained anew): the same output
+    for name, keep_nets in (("kept", True), ("retrained", False)):
+        crashed = tmp_path / name / done.name
+        crashed_before_committing_unit_1(done, crashed)
+        if not keep_nets:
+            (crashed / "hardness_nets.pt").unlink()
+        resumed = run_job(job(tmp_path / name, tiny_prior, digits_dir, *reweighted),
+                          progress=False)
+        assert resumed.run_id == result.run_id and resumed.status == "complete"
+        assert_same_units(done, crashed)
+        assert (crashed / "hardness_nets.pt").read_bytes() == \
+            (done / "hardness_nets.pt").read_bytes()
 
 
 def after_generation(run_dir: Path) -> int:

@@ -49,6 +49,9 @@ def test_set_output_redirects_the_run():
     ("nopt.start_fraction=-0.5", "nopt.start_fraction must be in [0, 1)"),
     ("nopt.start_fraction=0.99999999999", "nopt.start_fraction 0.99999999999 of 10 DDIM steps "
      "leaves no sampler step"),
+    ("nopt.reweight_beta=-0.5", "nopt.reweight_beta must be >= 0 (0 turns the reweighted "
+     "second pass off), got -0.5"),
+    ("nopt.reweight_iterations=-2", "nopt.reweight_iterations must be >= 0, got -2"),
     ("nopt.learning_rate=.inf", "config key 'nopt.learning_rate' must be a finite number"),
     ("execution.lease_seconds=nan", "config key 'execution.lease_seconds' must be a finite"),
     ("doping.selector=best", "doping.selector 'best' is unknown"),
@@ -147,6 +150,24 @@ def test_the_doping_encoder_is_in_the_run_id_only_for_selectors_that_read_it(sel
     assert (run_id_with("random_conv") != run_id_with("trained_convnet")) == matters
     if selector == "random":  # random real runs made before the trained psi keep their id
         assert run_id_with("trained_convnet") == run_id_with("random_conv") == "92d1c4feeffd0ad4"
+
+
+@pytest.mark.parametrize("overrides, matters", [
+    (["nopt.reweight_beta=0.5"], True),
+    (["nopt.reweight_beta=0"], False),  # off: the id of the runs made before the setting
+    (["nopt.reweight_beta=0.5", "nopt.data_free=true"], False),  # no real references
+    (["nopt.reweight_beta=0.5", "nopt.iterations=0"], False),  # plain sampling
+])
+def test_the_second_pass_settings_are_in_the_run_id_only_where_the_pass_runs(overrides, matters):
+    def run_id_with(iterations):
+        return run_id(load_config(None, [*BASE, "size.ipc=10", *overrides,
+                                         f"nopt.reweight_iterations={iterations}"]), [], [])
+
+    assert (run_id_with(50) != run_id_with(20)) == matters
+    switched_off = [o for o in overrides if "reweight_beta" not in o]
+    off = run_id(load_config(None, [*BASE, "size.ipc=10", *switched_off,
+                                    "nopt.reweight_beta=0"]), [], [])
+    assert (run_id_with(50) != off) == matters
 
 
 @pytest.mark.parametrize("overrides, matters", [
