@@ -1,6 +1,7 @@
 """NoiseOptimizer: one per GPU (or per CPU slot); loads the prior once, then runs work units."""
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -37,7 +38,7 @@ class NoiseOptimizer:
         self.stage = NoiseOptimizerStage(model_path, cfg, seed, class_names, self.device,
                                          class_map)
         self.progress = progress  # a bar per unit (the driver's --quiet turns them off)
-        self._loaded_hardness: tuple = (None, None)  # (url, HardnessNets)
+        self._loaded_hardness: tuple = (None, None)  # (sha256 of the bytes, HardnessNets)
 
     def placement(self) -> dict:
         """Where this actor runs: node, assigned GPU ids, visible devices and torch device."""
@@ -47,18 +48,18 @@ class NoiseOptimizer:
                 "model_device": str(self.stage.backend.device)}
 
     @ray.method(num_returns=2)
-    def run(self, unit: WorkUnit, references, hardness_url: str | None = None,
+    def run(self, unit: WorkUnit, references, hardness: bytes | None = None,
             first_pass: UnitOutput | None = None):
         """Run NOpt for ``unit`` on ``references`` (label -> real images, None when data-free, or
         the DopingSelector's failed unit, passed on); returns (small status for the driver,
-        the unit's output). With ``hardness_url`` (the nets :meth:`train_hardness` saved), the
+        the unit's output). With ``hardness`` (the nets :meth:`train_hardness` made), the
         reweighted second pass follows, from ``first_pass`` when given."""
         def optimise(progress):
-            hardness = self._hardness(hardness_url) if hardness_url else None
-            return self.stage.run_unit(unit, references, progress, hardness, first_pass)
+            nets = self._hardness(hardness) if hardness else None
+            return self.stage.run_unit(unit, references, progress, nets, first_pass)
 
         iterations = self.stage.cfg.iterations if first_pass is None else 0
-        if hardness_url:
+        if hardness:
             iterations += self.stage.cfg.reweight_iterations
         return self._optimised(unit, references, iterations, optimise)
 
@@ -69,24 +70,21 @@ class NoiseOptimizer:
         return self._optimised(unit, references, self.stage.cfg.iterations,
                                lambda progress: self.stage.first_pass(unit, references, progress))
 
-    def train_hardness(self, url: str, num_classes: int, *first_passes: UnitOutput) -> str:
-        """Train the hardness nets on every unit's first-pass images, on this actor's device,
-        and save them at ``url`` (so a resumed run reuses them); returns ``url``."""
+    def train_hardness(self, num_classes: int, *first_passes: UnitOutput) -> bytes:
+        """The hardness nets, trained on every unit's first-pass images on this actor's device
+        and serialised (the driver saves them: only it and the I/O actors write the output)."""
         from pipeline.hardness import synthetic_set, train_hardness_nets
-        from pipeline.storage import write_bytes
 
         images, labels = synthetic_set(list(first_passes))
-        write_bytes(url, train_hardness_nets(images, labels, num_classes, self.stage.seed,
-                                             self.device))
-        return url
+        return train_hardness_nets(images, labels, num_classes, self.stage.seed, self.device)
 
-    def _hardness(self, url: str):
-        """The hardness nets saved at ``url``, loaded once per actor."""
+    def _hardness(self, data: bytes):
+        """The hardness nets in ``data``, loaded once per actor."""
         from pipeline.hardness import HardnessNets
-        from pipeline.storage import read_bytes
 
-        if self._loaded_hardness[0] != url:
-            self._loaded_hardness = (url, HardnessNets(read_bytes(url), self.device))
+        digest = hashlib.sha256(data).digest()
+        if self._loaded_hardness[0] != digest:
+            self._loaded_hardness = (digest, HardnessNets(data, self.device))
         return self._loaded_hardness[1]
 
     def _optimised(self, unit: WorkUnit, references, iterations: int, optimise):

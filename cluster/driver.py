@@ -31,7 +31,7 @@ from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrai
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
 from pipeline.runs import EMBEDDINGS_TAG, HARDNESS_NETS, RUN_CONFIG
 from pipeline.samples import real_only_output
-from pipeline.storage import exists, join, read_json
+from pipeline.storage import exists, join, read_bytes, read_json, write_bytes
 from pipeline.writer import latest_lags, point_latest_at
 
 
@@ -245,12 +245,13 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
         writing[coordinator.write_unit.remote(unit, output)] = unit
 
     try:
-        first_passes, hardness_url = {}, None
+        first_passes, hardness_nets = {}, None
         if cfg.nopt.reweights and pending:
-            if not exists(hardness.url):
-                first_passes = _train_hardness(cfg, hardness, pool, selector, len(class_names),
-                                               lock, progress)
-            hardness_url = hardness.url
+            if exists(hardness.url):  # saved by an earlier attempt at this run
+                hardness_nets = ray.put(read_bytes(hardness.url))
+            else:
+                first_passes, hardness_nets = _train_hardness(
+                    cfg, hardness, pool, selector, len(class_names), lock, progress)
         while pending or real_only or running or writing:
             lock.check()
             pool.top_up(len(pending) + len(running))
@@ -258,7 +259,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
                 actor, unit = pool.lend(), pending.popleft()
                 # a retry runs its first pass again: the kept one may have died with a node
                 status, output = actor.run.remote(unit, _references(selector, unit, cfg),
-                                                  hardness_url,
+                                                  hardness_nets,
                                                   first_passes.pop(unit.unit_id, None))
                 running[status] = (actor, unit, output)
             while real_only and not pending:
@@ -279,6 +280,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
                     pool.give_back(actor)
                 except RayActorError:
                     pool.drop()  # the unit's commit fails too and is retried elsewhere
+                except RayError:  # an argument was lost (its node left): so is the output
+                    pool.give_back(actor)
                 write(unit, output)
                 continue
             unit = writing.pop(ref)
@@ -315,11 +318,11 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
 
 
 def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, selector,
-                    num_classes: int, lock: OutputLock, progress: bool) -> dict:
+                    num_classes: int, lock: OutputLock, progress: bool) -> tuple[dict, object]:
     """NOpt's first pass for every NOpt unit of the plan, then the hardness nets trained on
     all their synthetic images (on an idle NoiseOptimizer, whose device is free meanwhile)
     and saved at ``hardness.url``. Returns unit id -> first-pass output ref, from which the
-    second pass continues."""
+    second pass continues, and the nets (an object ref to their bytes)."""
     units = [u for u in hardness.plan_units if u.needs_nopt]
     pending, running = deque(units), {}
     outputs: dict = {}
@@ -358,14 +361,37 @@ def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, se
             pending.append(unit)
     finally:
         bar.close()
-    trainer = pool.lend()
-    try:
-        ray.get(trainer.train_hardness.remote(hardness.url, num_classes, *outputs.values()))
-    except RayActorError as exc:
-        raise JobFailed(f"the actor training the hardness nets died ({type(exc).__name__}); "
-                        "rerun the same command to resume.") from None
-    pool.give_back(trainer)
-    return outputs
+    for attempt in range(cfg.execution.max_retries + 1):
+        trainer = _idle_actor(pool, lock)
+        try:
+            nets = ray.get(trainer.train_hardness.remote(num_classes, *outputs.values()))
+            pool.give_back(trainer)
+            break
+        except RayActorError as exc:
+            pool.drop()
+            error = f"{type(exc).__name__}: {exc}"
+        except RayError as exc:  # a first pass lost with its node is lost for every retry
+            pool.give_back(trainer)
+            raise JobFailed(f"training the hardness nets failed: {type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[-1]}. Rerun the same command to "
+                            "resume.") from None
+    else:
+        raise JobFailed(f"training the hardness nets failed after {cfg.execution.max_retries} "
+                        f"retries: {error.splitlines()[0]}. Rerun the same command to resume.")
+    lock.check()  # a run whose lease lapsed must not write into the run folder
+    write_bytes(hardness.url, nets)
+    return outputs, ray.put(nets)
+
+
+def _idle_actor(pool: OptimizerPool, lock: OutputLock):
+    """An idle NoiseOptimizer, lent; waits for one to start when none is."""
+    while not pool.has_idle():
+        lock.check()
+        pool.top_up(1)
+        ready, _ = ray.wait(pool.starting_refs(), num_returns=1, timeout=pool.refresh_s)
+        if ready:
+            pool.on_ready(ready[0])
+    return pool.lend()
 
 
 def _require_alive(*io_actors) -> None:

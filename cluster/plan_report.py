@@ -199,7 +199,9 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     fit_steps = cfg.nopt.start_fit_steps if cfg.nopt.starts_from_references else 0
     # an inverted start part way along the sampler optimises through its last steps only
     optimised_steps = steps - cfg.nopt.first_sampler_step
-    optimised = synthetic * (cfg.nopt.iterations + fit_steps) * optimised_steps
+    # the second pass's iterations cost what the first's do (its classifiers are left out)
+    second_pass = cfg.nopt.reweight_iterations if cfg.nopt.reweights else 0
+    optimised = synthetic * (cfg.nopt.iterations + fit_steps + second_pass) * optimised_steps
     forward_only = synthetic * steps if cfg.nopt.iterations == 0 else 0
     if cfg.nopt.data_free and synthetic:
         forward_only += cfg.nopt.reference_multiplier * synthetic * steps
@@ -209,4 +211,5 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     unit = "GPU-hours" if device == "gpu" else "CPU-slot-hours"
     return (f"estimate: {hours:.3g} {unit} of NOpt ({hours / max(1, actors):.3g} h wall on "
             f"{actors} actor(s)), at {cost.seconds:.3g} s per image-iteration-step measured on "
-            f"{cost.device} ({cost.source}); {UNCOSTED}")
+            f"{cost.device} ({cost.source}); {UNCOSTED}"
+            + (", nor is training the second pass's classifiers" if second_pass else ""))

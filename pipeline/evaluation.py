@@ -75,7 +75,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
     ``device`` (the returned network stays there)."""
     torch.manual_seed(derive_seed(seed, "classifier", arch))
     gen = torch.Generator().manual_seed(derive_seed(seed, "classifier-batches"))
-    x = to_model_space(images).to(device)
+    x = to_model_space(images)  # on the CPU: a batch at a time goes to the device
     # a copy: Ray hands read-only arrays
     y = torch.tensor(np.asarray(labels), dtype=torch.int64, device=device)
     model = ARCHITECTURES[arch](x.shape[1], num_classes, x.shape[2]).to(device)
@@ -89,8 +89,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
         for start in range(0, len(x), recipe.batch_size):
             if step == recipe.steps:
                 break
-            idx = order[start:start + recipe.batch_size].to(device)
-            loss = F.cross_entropy(model(_augment(x[idx], recipe.augment_shift, gen)), y[idx])
+            idx = order[start:start + recipe.batch_size]
+            batch = _augment(x[idx].to(device), recipe.augment_shift, gen)
+            loss = F.cross_entropy(model(batch), y[idx.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

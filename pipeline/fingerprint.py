@@ -82,7 +82,8 @@ def prior_files_difference(model_dir: str, expected: list) -> str:
 
 def drop_idle_second_pass(cfg: JobConfig, settings: dict) -> None:
     """Take NOpt's second-pass settings out of ``settings`` (``cfg.to_dict()``) where the pass
-    does not run: added after runs were made, they keep those runs' ids (and config records)."""
+    does not run: added after runs were made, they keep those runs' ids (and draws recorded
+    under the default config, ``benchmarks.more_draws``)."""
     if not cfg.nopt.reweights:
         settings["nopt"].pop("reweight_beta")
         settings["nopt"].pop("reweight_iterations")

@@ -46,7 +46,8 @@ class NoiseOptimizerStage:
         refs = {c: self._reference(c, len(z), references) for c, z in first.noise.items()}
         weights = {c: hardness.weights(references[c], c, self.cfg.reweight_beta)
                    for c in first.noise}
-        second = refine_classes(self.backend, {c: torch.from_numpy(z)
+        # torch.tensor copies: the arrays Ray hands over are read-only
+        second = refine_classes(self.backend, {c: torch.tensor(z)
                                                for c, z in first.noise.items()},
                                 refs, weights, self.cfg, self.seed, on_iteration,
                                 self._conditioning(first.noise))

@@ -133,6 +133,14 @@ def test_fitting_the_start_is_charged_like_iterations_where_a_start_is_inverted(
                                                                      "nopt.init=noise")
 
 
+def test_the_second_pass_is_charged_like_iterations_where_it_runs(capsys):
+    plain = imagenet_estimate(capsys, "nopt.iterations=100")
+    assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.reweight_beta=0.5",
+                             "nopt.reweight_iterations=50") == pytest.approx(1.5 * plain, rel=0.01)
+    assert imagenet_estimate(capsys, "nopt.iterations=100", "nopt.reweight_beta=0",
+                             "nopt.reweight_iterations=50") == plain
+
+
 def test_a_start_part_way_along_is_charged_for_the_steps_it_optimises_through(capsys):
     plain = imagenet_estimate(capsys, "nopt.iterations=100", "nopt.ddim_steps=10",
                               "nopt.start_fraction=0")
