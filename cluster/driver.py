@@ -252,6 +252,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
             else:
                 first_passes, hardness_nets = _train_hardness(
                     cfg, hardness, pool, selector, len(class_names), lock, progress)
+                todo = {u.unit_id for u in pending}  # committed units' passes only fed the nets
+                first_passes = {u: ref for u, ref in first_passes.items() if u in todo}
         while pending or real_only or running or writing:
             lock.check()
             pool.top_up(len(pending) + len(running))
@@ -348,6 +350,9 @@ def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, se
             except RayActorError as exc:
                 pool.drop()
                 error = f"{type(exc).__name__}: {exc}"
+            except RayError as exc:  # its references were lost: a retry fetches them anew
+                pool.give_back(actor)
+                error = f"{type(exc).__name__}: {exc}"
             if error is None:
                 outputs[unit.unit_id] = output
                 bar.update(1)
@@ -361,7 +366,7 @@ def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, se
             pending.append(unit)
     finally:
         bar.close()
-    for attempt in range(cfg.execution.max_retries + 1):
+    for _ in range(cfg.execution.max_retries + 1):
         trainer = _idle_actor(pool, lock)
         try:
             nets = ray.get(trainer.train_hardness.remote(num_classes, *outputs.values()))

@@ -220,22 +220,37 @@ def test_doped_units_are_optimised_side_by_side(ray_local, tiny_prior, digits_di
 
 def test_a_unit_that_always_fails_is_retried_then_reported(ray_local, tmp_path, digits_dir,
                                                            tiny_prior):
-    # a ResNet-18 torch file (the driver reads only safetensors headers) with one tensor of
-    # the wrong shape: loading it fails inside every NoiseOptimizer call
-    from pipeline.backbones import ResNet
-
-    state = ResNet(18).state_dict()
-    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
-    torch.save(state, tmp_path / "misfit.pth")
     cfg = job(tmp_path / "out", tiny_prior, digits_dir,
-              f"nopt.feature_map=pretrained:{tmp_path / 'misfit.pth'}",
-              "execution.max_retries=1")
+              f"nopt.feature_map=pretrained:{misfit_resnet(tmp_path)}", "execution.max_retries=1")
     with pytest.raises(JobFailed, match="4 work unit.*failed after 1 retries.*hold conv1.weight "
                                         "of shape"):
         run_job(cfg, progress=False)
     [run_dir] = [p for p in (tmp_path / "out").iterdir() if p.name != "cache"]
     assert not (run_dir / "index.json").exists() or not read_index(str(run_dir))["complete"]
     assert not (tmp_path / "out" / "latest.json").exists()
+
+
+def misfit_resnet(folder: Path) -> Path:
+    """A ResNet-18 torch file (the driver reads only safetensors headers) with one tensor of
+    the wrong shape: loading it fails inside every NoiseOptimizer call."""
+    from pipeline.backbones import ResNet
+
+    state = ResNet(18).state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(state, folder / "misfit.pth")
+    return folder / "misfit.pth"
+
+
+def test_a_first_pass_that_always_fails_is_retried_then_reported(ray_local, tmp_path,
+                                                                 digits_dir, tiny_prior):
+    cfg = job(tmp_path / "out", tiny_prior, digits_dir, "nopt.reweight_beta=0.5",
+              f"nopt.feature_map=pretrained:{misfit_resnet(tmp_path)}", "execution.max_retries=1")
+    with pytest.raises(JobFailed, match="the first pass of unit .* failed after 1 retries: .*"
+                                        "hold conv1.weight of shape"):
+        run_job(cfg, progress=False)
+    [run_dir] = [p for p in (tmp_path / "out").iterdir() if p.name != "cache"]
+    assert not (run_dir / "hardness_nets.pt").exists()
+    assert not (run_dir / "index.json").exists() or not read_index(str(run_dir))["complete"]
 
 
 def test_a_prior_the_actors_cannot_load_fails_the_job_instead_of_looping(ray_local, tmp_path,
