@@ -280,10 +280,8 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
                     by_node[status["node_id"]] += int(status["ok"])
                     spans[unit.unit_id] = status["span"]
                     pool.give_back(actor)
-                except RayActorError:
-                    pool.drop()  # the unit's commit fails too and is retried elsewhere
-                except RayError:  # an argument was lost (its node left): so is the output
-                    pool.give_back(actor)
+                except RayError as exc:  # the unit's commit fails too and is retried
+                    _release(pool, actor, exc)
                 write(unit, output)
                 continue
             unit = writing.pop(ref)
@@ -347,11 +345,9 @@ def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, se
             try:
                 error = ray.get(ready[0])["error"]
                 pool.give_back(actor)
-            except RayActorError as exc:
-                pool.drop()
-                error = f"{type(exc).__name__}: {exc}"
-            except RayError as exc:  # its references were lost: a retry fetches them anew
-                pool.give_back(actor)
+            except RayError as exc:
+                _release(pool, actor, exc)
+                _require_alive(selector)  # no retry gets references from a dead selector
                 error = f"{type(exc).__name__}: {exc}"
             if error is None:
                 outputs[unit.unit_id] = output
@@ -372,20 +368,25 @@ def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, se
             nets = ray.get(trainer.train_hardness.remote(num_classes, *outputs.values()))
             pool.give_back(trainer)
             break
-        except RayActorError as exc:
-            pool.drop()
-            error = f"{type(exc).__name__}: {exc}"
-        except RayError as exc:  # a first pass lost with its node is lost for every retry
-            pool.give_back(trainer)
-            raise JobFailed(f"training the hardness nets failed: {type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[-1]}. Rerun the same command to "
-                            "resume.") from None
+        except RayError as exc:
+            _release(pool, trainer, exc)
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
     else:
         raise JobFailed(f"training the hardness nets failed after {cfg.execution.max_retries} "
                         f"retries: {error.splitlines()[0]}. Rerun the same command to resume.")
     lock.check()  # a run whose lease lapsed must not write into the run folder
     write_bytes(hardness.url, nets)
     return outputs, ray.put(nets)
+
+
+def _release(pool: OptimizerPool, actor, exc: RayError) -> None:
+    """Return a NoiseOptimizer whose call failed with ``exc`` to the pool, or drop it if it
+    died. Ray re-raises a call's failed input (a selector that died, an object lost with its
+    node) as a task error of the input's type: that actor is alive, and keeps its device."""
+    if isinstance(exc, RayActorError) and not isinstance(exc, RayTaskError):
+        pool.drop()
+    else:
+        pool.give_back(actor)
 
 
 def _idle_actor(pool: OptimizerPool, lock: OutputLock):
