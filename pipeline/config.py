@@ -93,7 +93,7 @@ class NoptConfig:
     # class-standardised log cross-entropy under them, and every class runs
     # reweight_iterations more iterations against the weighted target. 0 turns it off; runs
     # without real references (data-free, T = 0) never do it
-    reweight_beta: float = 0.0
+    reweight_beta: float = 0.5
     reweight_iterations: int = 50
 
     @property

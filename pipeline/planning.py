@@ -108,6 +108,18 @@ def may_dope(cfg: JobConfig) -> bool:
     return class_budgets(cfg, [cfg.size.ipc])[0].real > 0  # a class with enough samples
 
 
+def may_synthesize(cfg: JobConfig) -> bool:
+    """False when no class can get synthetic images, so NOpt's second pass cannot change the
+    output: no prior, or a budget the planner fills with real images only (doping_fraction 1,
+    a synthetic cap of 0, an IPC budget past the crossover). True when unsure (fraction
+    budgets depend on the class sizes)."""
+    if not cfg.model.path:
+        return False
+    if cfg.size.ipc is None:
+        return cfg.size.doping_fraction < 1 and cfg.size.synthetic_cap != 0
+    return class_budgets(cfg, [cfg.size.ipc])[0].synthetic > 0
+
+
 def pretrained_weights(cfg: JobConfig) -> list[str]:
     """The local weight files the job's ``pretrained:<path>`` feature maps read (NOpt's phi,
     and doping's psi where the run can dope), sorted."""

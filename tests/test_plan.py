@@ -30,8 +30,9 @@ def test_plan_lists_units_actors_and_an_estimate_from_the_measured_cost(capsys, 
     measured = json.loads((RESULTS / "nopt_throughput.json").read_text())
     best = min(r["seconds_per_class_iteration"] for r in measured["rows"] if r["checkpointing"])
     per_step = best / (measured["ipc"] * measured["ddim_steps"])
-    # images x iterations x the DDIM steps after the start (step 5 of 10 at start_fraction 0.5)
-    hours = 100 * 100 * 5 * per_step / 3600
+    # images x iterations (T, then the second pass's 50) x the DDIM steps after the start
+    # (step 5 of 10 at start_fraction 0.5)
+    hours = 100 * (100 + 50) * 5 * per_step / 3600
     assert f"estimate: {hours:.3g} CPU-slot-hours" in out
     assert "class sizes counted in" in out
     assert "doping: none (every budget is synthetic" in out

@@ -121,7 +121,8 @@ def test_doping_settings_are_in_the_run_id_only_when_the_run_can_dope(size, dope
 
 def test_the_biased_mmd_estimator_keeps_the_run_id_of_runs_made_before_the_setting():
     cfg = load_config(None, [*BASE, "size.ipc=10", "nopt.mmd_estimator=biased",
-                             "nopt.init_space=latent", "nopt.start_fraction=0"])  # the old values
+                             "nopt.init_space=latent", "nopt.start_fraction=0",
+                             "nopt.reweight_beta=0"])  # the old values
     assert run_id(cfg, [], []) == "deb7952979c9b8a6"  # this config's id before the settings
     default = load_config(None, [*BASE, "size.ipc=10"])
     assert default.nopt.mmd_estimator == "unbiased"
@@ -133,10 +134,11 @@ def test_the_latent_init_space_keeps_the_run_id_of_runs_made_before_the_setting(
         return run_id(load_config(None, [*BASE, "size.ipc=10", *overrides]), [], [])
 
     before = run_id_with("nopt.mmd_estimator=biased", "nopt.init_space=latent",
-                         "nopt.start_fraction=0")
+                         "nopt.start_fraction=0", "nopt.reweight_beta=0")
     assert before == "deb7952979c9b8a6"  # as in the test above: the id before both settings
     assert load_config(None, BASE).nopt.init_space == "random_conv"
-    assert run_id_with("nopt.mmd_estimator=biased", "nopt.start_fraction=0") != before
+    assert run_id_with("nopt.mmd_estimator=biased", "nopt.start_fraction=0",
+                       "nopt.reweight_beta=0") != before
 
 
 @pytest.mark.parametrize("selector, matters", [("random", False), ("kcenter", True)])
@@ -157,6 +159,9 @@ def test_the_doping_encoder_is_in_the_run_id_only_for_selectors_that_read_it(sel
     (["nopt.reweight_beta=0"], False),  # off: the id of the runs made before the setting
     (["nopt.reweight_beta=0.5", "nopt.data_free=true"], False),  # no real references
     (["nopt.reweight_beta=0.5", "nopt.iterations=0"], False),  # plain sampling
+    (["size.doping_fraction=1.0"], False),  # real images only (random real, herding, ...)
+    (["size.ipc=50"], False),  # past the crossover: doping only
+    (["size.ipc=null", "size.fraction=0.2"], True),  # unsure before the classes are counted
 ])
 def test_the_second_pass_settings_are_in_the_run_id_only_where_the_pass_runs(overrides, matters):
     def run_id_with(iterations):
