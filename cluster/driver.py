@@ -355,8 +355,8 @@ def _train_hardness(cfg: JobConfig, hardness: _Hardness, pool: OptimizerPool, se
                 continue
             attempts[unit.unit_id] += 1
             if attempts[unit.unit_id] > cfg.execution.max_retries:
-                raise JobFailed(f"the first pass of unit {unit.unit_id} failed after "
-                                f"{cfg.execution.max_retries} retries: "
+                raise JobFailed(f"work unit {unit.unit_id} failed after "
+                                f"{cfg.execution.max_retries} retries in NOpt's first pass: "
                                 f"{error.splitlines()[0].rstrip('.')}. Rerun the same command "
                                 "to resume.")
             pending.append(unit)

@@ -66,7 +66,7 @@ def test_a_run_doped_from_the_embed_stage_equals_the_in_memory_run(ray_local, ti
                                  f"input.url={digits_dir / 'train'}", "nopt.iterations=2",
                                  "nopt.ddim_steps=2", "size.ipc=4", "size.doping_fraction=0.5",
                                  "execution.classes_per_unit=5", f"doping.embed={embed}",
-                                 RANDOM_PSI])
+                                 "nopt.reweight_beta=0", RANDOM_PSI])
         result = run_job(cfg, progress=False)
         return {s["__key__"]: hashlib.sha256(s["png"]).hexdigest()
                 for s in iter_samples(result.run_url)}
@@ -119,7 +119,8 @@ def test_an_input_shard_damaged_after_embedding_fails_its_units_not_the_driver(
     cfg = load_config(None, [f"output={tmp_path / 'out'}", f"model.path={tiny_prior}",
                              f"input.url={data}", "nopt.iterations=1", "nopt.ddim_steps=2",
                              "size.ipc=2", "execution.classes_per_unit=5",
-                             "execution.max_retries=1", "doping.embed=ray_data", RANDOM_PSI])
+                             "execution.max_retries=1", "doping.embed=ray_data",
+                             "nopt.reweight_beta=0", RANDOM_PSI])
     with pytest.raises(JobFailed, match=f"work unit.*failed after 1 retries.*input shard "
                                         f"'{damaged}' is not a readable tar"):
         run_job(cfg, progress=False)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.ray
 DIGITS = str(REPO / "configs" / "digits.yaml")
 SLOW = ["nopt.iterations=10", "nopt.ddim_steps=3", "nopt.batch_size=32", "size.ipc=2",
         "size.doping_fraction=0.5", "execution.classes_per_unit=1", "write.shard_size=50",
-        RANDOM_PSI]
+        RANDOM_PSI, "nopt.reweight_beta=0"]
 
 
 def sets(out, prior, data, options) -> list[str]:
