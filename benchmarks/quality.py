@@ -136,7 +136,8 @@ class BenchSettings:
     def quick(cls) -> "BenchSettings":
         return cls(("IPC 10",), ("DsCo", "plain sampling", "random real"), (0,), (),
                    PriorTrainingConfig(steps=150, batch_size=64, channels=(8, 16)),
-                   ("nopt.iterations=5", "nopt.ddim_steps=4"), include_full=False,
+                   ("nopt.iterations=5", "nopt.ddim_steps=4", "nopt.reweight_iterations=5"),
+                   include_full=False,
                    recipe=TrainRecipe(steps=50))
 
 

@@ -27,7 +27,8 @@ from pipeline.lock import LockHeld, LockLost, OutputLock
 from pipeline.cache_names import CACHE, embed_stage_folder, embedding_tag
 from pipeline.fingerprint import file_digest, model_fingerprint, prior_files, \
     run_id as compute_run_id, without_trailing_slash
-from pipeline.planning import WorkUnit, check_selection_only, make_plan, pretrained_weights
+from pipeline.planning import (WorkUnit, check_selection_only, make_plan, pretrained_weights,
+                               runs_second_pass)
 from pipeline.prior_meta import read_prior_meta, weights_file_problem
 from pipeline.runs import EMBEDDINGS_TAG, HARDNESS_NETS, RUN_CONFIG
 from pipeline.samples import real_only_output
@@ -246,7 +247,7 @@ def _run_units(cfg: JobConfig, units: list[WorkUnit], coordinator, selector,
 
     try:
         first_passes, hardness_nets = {}, None
-        if cfg.nopt.reweights and pending:
+        if runs_second_pass(cfg) and pending:
             if exists(hardness.url):  # saved by an earlier attempt at this run
                 hardness_nets = ray.put(read_bytes(hardness.url))
             else:

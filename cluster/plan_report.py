@@ -10,7 +10,8 @@ from pipeline.class_mapping import check_guidance, check_prior_fits
 from pipeline.config import JobConfig
 from pipeline.datasets import count_per_class
 from pipeline.errors import DscoError
-from pipeline.planning import Plan, check_selection_only, make_plan, pretrained_weights
+from pipeline.planning import (Plan, check_selection_only, make_plan, pretrained_weights,
+                               runs_second_pass)
 from pipeline.prior_meta import PriorMeta, read_prior_meta, weights_file_problem
 
 # With checkpointing an optimisation step costs about four forward passes (forward, recompute,
@@ -200,7 +201,7 @@ def _estimate(cfg: JobConfig, plan: Plan, synthetic: int, kind: str | None, devi
     # an inverted start part way along the sampler optimises through its last steps only
     optimised_steps = steps - cfg.nopt.first_sampler_step
     # the second pass's iterations cost what the first's do (its classifiers are left out)
-    second_pass = cfg.nopt.reweight_iterations if cfg.nopt.reweights else 0
+    second_pass = cfg.nopt.reweight_iterations if runs_second_pass(cfg) else 0
     optimised = synthetic * (cfg.nopt.iterations + fit_steps + second_pass) * optimised_steps
     forward_only = synthetic * steps if cfg.nopt.iterations == 0 else 0
     if cfg.nopt.data_free and synthetic:

@@ -8,7 +8,7 @@ import os
 
 from pipeline.config import JobConfig
 from pipeline.datasets import InputFile
-from pipeline.planning import may_dope, may_synthesize
+from pipeline.planning import may_dope, runs_second_pass
 
 HASH_CONTENT_LIMIT = 256 * 2 ** 20  # hash model files up to this size; larger ones by mtime
 DIGEST_EDGE = 4 * 2 ** 20  # what file_digest hashes of each end of a larger file
@@ -82,10 +82,9 @@ def prior_files_difference(model_dir: str, expected: list) -> str:
 
 def drop_idle_second_pass(cfg: JobConfig, settings: dict) -> None:
     """Take NOpt's second-pass settings out of ``settings`` (``cfg.to_dict()``) where the pass
-    does not run (switched off, or no synthetic images to run it on): added after runs were
-    made, they keep those runs' ids (and draws recorded under the default config,
-    ``benchmarks.more_draws``)."""
-    if not (cfg.nopt.reweights and may_synthesize(cfg)):
+    does not run (``runs_second_pass``): added after runs were made, they keep those runs' ids
+    (and draws recorded under the default config, ``benchmarks.more_draws``)."""
+    if not runs_second_pass(cfg):
         settings["nopt"].pop("reweight_beta")
         settings["nopt"].pop("reweight_iterations")
 

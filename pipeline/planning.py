@@ -108,12 +108,14 @@ def may_dope(cfg: JobConfig) -> bool:
     return class_budgets(cfg, [cfg.size.ipc])[0].real > 0  # a class with enough samples
 
 
-def may_synthesize(cfg: JobConfig) -> bool:
-    """False when no class can get synthetic images, so NOpt's second pass cannot change the
-    output: no prior, or a budget the planner fills with real images only (doping_fraction 1,
-    a synthetic cap of 0, an IPC budget past the crossover). True when unsure (fraction
-    budgets depend on the class sizes)."""
-    if not cfg.model.path:
+def runs_second_pass(cfg: JobConfig) -> bool:
+    """Whether NOpt's second pass runs: switched on (``NoptConfig.reweights``) for a budget that
+    keeps a synthetic core. Not for a budget the planner fills with real images (doping_fraction
+    1, a synthetic cap of 0, an IPC budget past the crossover), even where a class has fewer
+    real images than that and is filled up with synthetic ones: the run_id, which holds the
+    pass's settings only where it runs, cannot see class sizes. Fraction budgets count as
+    keeping a core (whether they do depends on the class sizes)."""
+    if not (cfg.nopt.reweights and cfg.model.path):
         return False
     if cfg.size.ipc is None:
         return cfg.size.doping_fraction < 1 and cfg.size.synthetic_cap != 0

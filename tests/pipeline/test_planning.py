@@ -1,5 +1,7 @@
+import pytest
+
 from pipeline.config import load_config
-from pipeline.planning import class_budgets, make_plan
+from pipeline.planning import class_budgets, make_plan, runs_second_pass
 
 BASE = ["output=o", "model.path=m", "input.url=d"]
 
@@ -42,3 +44,21 @@ def test_explicit_synthetic_cap_wins_over_the_crossover():
 def test_data_free_keeps_its_synthetic_core_at_any_size():
     cfg = load_config(None, ["output=o", "model.path=m", "nopt.data_free=true", "size.ipc=50"])
     assert [(b.synthetic, b.real) for b in class_budgets(cfg, [0, 0])] == [(50, 0), (50, 0)]
+
+
+@pytest.mark.parametrize("overrides, runs", [
+    (["size.ipc=10"], True),  # the default: a synthetic core of 10
+    (["size.ipc=10", "nopt.reweight_beta=0"], False),
+    (["size.ipc=10", "model.path="], False),  # no prior: real images only
+    (["size.ipc=10", "size.doping_fraction=1.0"], False),
+    (["size.ipc=30"], False),  # past the crossover
+    (["size.ipc=30", "size.synthetic_cap=5"], True),
+    (["size.ipc=null", "size.fraction=0.2"], True),  # depends on the class sizes: counted in
+    (["size.ipc=null", "size.fraction=0.2", "size.synthetic_cap=0"], False),
+])
+def test_the_second_pass_runs_only_for_a_budget_with_a_synthetic_core(overrides, runs):
+    cfg = load_config(None, BASE + overrides)
+    assert runs_second_pass(cfg) == runs
+    if cfg.size.ipc == 30 and not runs:  # a class smaller than its budget is filled up with
+        # synthetic images all the same, and still runs no second pass
+        assert class_budgets(cfg, [12])[0].synthetic == 18
