@@ -29,7 +29,7 @@ class OptimizerPool:
         self.refresh_s = refresh_s
         self._starting: dict = {}  # ready ref -> actor
         self._idle: list = []
-        self._lent = 0
+        self._lent: list = []
         self._checked_at = float("-inf")
         self._max_start_failures = max_start_failures
         self._start_failures = 0  # in a row
@@ -37,7 +37,7 @@ class OptimizerPool:
     @property
     def size(self) -> int:
         """Actors alive or starting."""
-        return len(self._starting) + len(self._idle) + self._lent
+        return len(self._starting) + len(self._idle) + len(self._lent)
 
     def top_up(self, remaining_units: int) -> None:
         """Start actors until the pool has as many as the cluster fits now (at most one per
@@ -79,22 +79,25 @@ class OptimizerPool:
 
     def lend(self):
         """An idle actor, now counted as busy."""
-        self._lent += 1
-        return self._idle.pop()
+        actor = self._idle.pop()
+        self._lent.append(actor)
+        return actor
 
     def give_back(self, actor) -> None:
         """Return a busy actor that finished its unit."""
-        self._lent -= 1
+        self._lent.remove(actor)
         self._idle.append(actor)
 
-    def drop(self) -> None:
+    def drop(self, actor) -> None:
         """Forget a busy actor that died; the next top-up may replace it."""
-        self._lent -= 1
+        self._lent.remove(actor)
         self._checked_at = float("-inf")
 
     def shutdown(self) -> None:
-        """Kill every actor (including any still waiting to be placed)."""
-        for actor in [*self._starting.values(), *self._idle]:
+        """Kill every actor: still waiting to be placed, idle, or lent out (a job that fails
+        while other units run must not leave their actors holding devices)."""
+        for actor in [*self._starting.values(), *self._idle, *self._lent]:
             ray.kill(actor)
         self._starting.clear()
         self._idle.clear()
+        self._lent.clear()

@@ -385,7 +385,7 @@ def _release(pool: OptimizerPool, actor, exc: RayError) -> None:
     died. Ray re-raises a call's failed input (a selector that died, an object lost with its
     node) as a task error of the input's type: that actor is alive, and keeps its device."""
     if isinstance(exc, RayActorError) and not isinstance(exc, RayTaskError):
-        pool.drop()
+        pool.drop(actor)
     else:
         pool.give_back(actor)
 
