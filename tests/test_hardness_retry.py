@@ -33,9 +33,8 @@ class TrainingLog:
 @ray.remote(num_cpus=0, max_restarts=0)
 class StandInOptimizer:
     """A NoiseOptimizer's calls that the step uses: ``first_pass`` gives a unit's output and
-    ``train_hardness`` follows ``plan``, one entry per training started by any actor (the last
-    repeats)
-    ("die": the actor exits; "raise": the call fails; anything else: the nets)."""
+    ``train_hardness`` follows ``plan``, one entry per training started by any actor, the last
+    repeating ("die": the actor exits; "raise": the call fails; anything else: the nets)."""
 
     def __init__(self, log, plan: tuple[str, ...]):
         self.log, self.plan = log, plan
